@@ -1,0 +1,82 @@
+"""Named model + training specs (timm's builders): one table, one `create_model`."""
+from dataclasses import asdict, fields
+
+from edge_model.models.text import AdaptiveTextEncoder, TextConfig
+from edge_model.models.vit import AdaptiveViT, ViTConfig
+from edge_runtime.errors import EdgeError
+
+ARCHS = {"vit": (AdaptiveViT, ViTConfig), "text": (AdaptiveTextEncoder, TextConfig)}
+
+# model: config fields of the architecture; train: TrainConfig fields (edge_model/train.py).
+PRESETS = {
+    # tests: an 8x8-digit ViT that trains in seconds
+    "digits-vit-tiny": dict(
+        arch="vit", dataset="digits",
+        model=dict(img_size=8, patch=2, stem="conv", dim=32, depth=4, heads=2, exits=(1, 2, 3, 4)),
+        train=dict(epochs=8, batch_size=64, lr=3e-3, warmup_epochs=1.0, augment=False)),
+    # make demo: trains in a few minutes on 2 cores
+    "fmnist-vit-demo": dict(
+        arch="vit", dataset="fashion-mnist",
+        model=dict(dim=64, depth=6, heads=4, mlp_ratio=2.0, exits=(1, 2, 3, 4, 5, 6)),
+        train=dict(epochs=3, batch_size=128, lr=2e-3, warmup_epochs=0.5)),
+    # the benchmark model: depth 12, exits after layer 1 and then every two layers. The conv stem
+    # gives the tokens local structure; the first exit sees the stem plus one block, so depth pays.
+    "fmnist-vit": dict(
+        arch="vit", dataset="fashion-mnist",
+        model=dict(dim=64, depth=12, heads=4, mlp_ratio=2.0, exits=(1, 2, 4, 6, 8, 10, 12)),
+        train=dict(epochs=10, batch_size=128, lr=2e-3, warmup_epochs=1.0)),
+    # MiniLM-L6 fine-tuned, an exit after every layer
+    "tweets-minilm": dict(
+        arch="text", dataset="tweets", pretrained="minilm",
+        model=dict(classes=3, max_len=64),
+        train=dict(epochs=2, batch_size=32, lr=5e-5, weight_decay=0.01, warmup_epochs=0.1)),
+    "tweets-binary-minilm": dict(
+        arch="text", dataset="tweets-binary", pretrained="minilm",
+        model=dict(classes=2, max_len=64),
+        train=dict(epochs=2, batch_size=32, lr=5e-5, weight_decay=0.01, warmup_epochs=0.1)),
+    "bbc-minilm": dict(
+        arch="text", dataset="bbc-news", pretrained="minilm",
+        model=dict(classes=5, max_len=256),
+        train=dict(epochs=4, batch_size=16, lr=8e-5, weight_decay=0.01, warmup_epochs=0.2)),
+}
+
+
+def get_preset(name: str) -> dict:
+    if name not in PRESETS:
+        raise EdgeError(f"preset '{name}' | unknown (known: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def model_config(arch: str, values: dict):
+    """An architecture's config from a dict, naming the first unknown field instead of a TypeError."""
+    if arch not in ARCHS:
+        raise EdgeError(f"config | unknown architecture '{arch}' (known: {', '.join(ARCHS)})")
+    cls = ARCHS[arch][1]
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise EdgeError(f"config | unknown {arch} field '{unknown[0]}'")
+    values = dict(values)
+    if "exits" in values:
+        values["exits"] = tuple(values["exits"])
+    return cls(**values)
+
+
+def build_model(arch: str, cfg):
+    return ARCHS[arch][0](cfg)
+
+
+def create_model(name: str, pretrained: bool = True, **overrides):
+    """The preset's model (MiniLM weights loaded for text presets unless pretrained=False)."""
+    spec = get_preset(name)
+    cfg = model_config(spec["arch"], {**spec["model"], **overrides})
+    model = build_model(spec["arch"], cfg)
+    if pretrained and spec.get("pretrained") == "minilm":
+        model.load_minilm()
+    return model
+
+
+def config_dict(cfg) -> dict:
+    d = asdict(cfg)
+    d["exits"] = list(d["exits"])
+    return d

@@ -1,0 +1,203 @@
+"""Multi-exit training with dual-path distillation. Runs alone or under torchrun (DDP) unchanged.
+
+loss = CE(final exit) + mean over shallow exits k of [(1 - a) CE(exit k) + a T^2 KL(final/T || exit k/T)]
+The full-depth path is the teacher (detached), so the shallow exits learn from it, not it from them.
+"""
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edge_model.checkpoint import param_digest, save_checkpoint, write_json
+from edge_model.data import load_dataset
+from edge_model.inputs import augment, copy_tokenizer, make_inputs, make_preprocess
+from edge_model.presets import create_model, get_preset
+from edge_runtime.errors import EdgeError
+
+
+@dataclass
+class TrainConfig:
+    # what to train, and where it goes
+    preset: str = "digits-vit-tiny"
+    out: str = ""                 # default: checkpoints/<preset>
+    data_dir: str = ""            # Fashion-MNIST IDX files, when not from the Debian package
+    seed: int = 0
+    # optimisation: AdamW, linear warm-up, cosine decay to min_lr_ratio * lr
+    epochs: float = 10.0
+    batch_size: int = 128         # per process
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.01
+    weight_decay: float = 0.05    # tensors of rank >= 2 only (nanoGPT's configure_optimizers)
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    # exits: "multi" trains every exit with distillation; "final" trains the last exit alone (the baseline)
+    exit_loss: str = "multi"
+    distill_alpha: float = 0.5
+    distill_temp: float = 2.0
+    # data and machine
+    augment: bool = True          # images: random shift by 2 px and horizontal flip
+    threads: int = 0              # torch intra-op threads; 0 = torch's default
+    max_minutes: float = 0.0      # stop early after this long (0 = run every epoch)
+
+    def __post_init__(self):
+        if self.exit_loss not in ("multi", "final"):
+            raise EdgeError(f"exit_loss '{self.exit_loss}' | expected 'multi' or 'final'")
+        if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
+            raise EdgeError("train config | epochs, batch_size and lr must be positive")
+
+
+def config_from(preset: str, **overrides) -> TrainConfig:
+    """Preset defaults, then explicit overrides (None means 'not given')."""
+    spec = get_preset(preset)
+    known = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in overrides.items() if v is not None and k in known}
+    return TrainConfig(**{**spec["train"], "preset": preset, **given})
+
+
+def multi_exit_loss(outs: list, y, cfg: TrainConfig):
+    final = outs[-1]
+    loss = F.cross_entropy(final, y, label_smoothing=cfg.label_smoothing)
+    if cfg.exit_loss == "final" or len(outs) == 1:
+        return loss
+    T, a = cfg.distill_temp, cfg.distill_alpha
+    teacher = F.log_softmax(final.detach() / T, -1)
+    shallow = [(1 - a) * F.cross_entropy(o, y, label_smoothing=cfg.label_smoothing)
+               + a * T * T * F.kl_div(F.log_softmax(o / T, -1), teacher, log_target=True, reduction="batchmean")
+               for o in outs[:-1]]
+    return loss + sum(shallow) / len(shallow)
+
+
+class ExitsForward(nn.Module):
+    """What DDP wraps: every exit (multi) or the last exit alone (final), as a list."""
+
+    def __init__(self, model, all_exits: bool):
+        super().__init__()
+        self.model, self.all_exits = model, all_exits
+
+    def forward(self, x, mask):
+        return self.model.forward_exits(x, mask) if self.all_exits else [self.model(x, mask)]
+
+
+def setup_distributed():
+    """(rank, world size). torchrun sets WORLD_SIZE; gloo on CPU, nccl on GPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def optimizer_for(model, cfg: TrainConfig):
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+
+def lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    from torch.utils.data import DistributedSampler
+    from tqdm import tqdm
+
+    from edge_model.evaluate import collect_exits, exit_accuracy
+    from edge_model.models.text import minilm_dir
+    rank, world = setup_distributed()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    spec = get_preset(cfg.preset)
+    out = Path(cfg.out or f"checkpoints/{cfg.preset}")
+    torch.manual_seed(cfg.seed)   # the same init on every rank (DDP also broadcasts rank 0's)
+    model = create_model(cfg.preset)
+    data = load_dataset(spec["dataset"], cfg.data_dir or None)
+    pre = make_preprocess(data, model.cfg)
+    tok = minilm_dir() / "tokenizer.json" if pre["kind"] == "text" else None
+    train_in, val_in = make_inputs(data, "train", pre, tok), make_inputs(data, "val", pre, tok)
+
+    net = ExitsForward(model, cfg.exit_loss == "multi")
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=cfg.exit_loss == "final")
+    sampler = DistributedSampler(range(len(train_in)), num_replicas=world, rank=rank, shuffle=True,
+                                 seed=cfg.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // cfg.batch_size
+    total, warmup = int(cfg.epochs * steps_per_epoch), int(cfg.warmup_epochs * steps_per_epoch)
+    opt = optimizer_for(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    is_main = rank == 0
+    if is_main:
+        print(f"train {cfg.preset}: {model.num_params() / 1e6:.2f}M params, exits {list(model.exits)}, "
+              f"{len(train_in)} train / {len(val_in)} val, {total} steps, world {world}", flush=True)
+    log, step, start = [], 0, time.time()
+    for epoch in range(math.ceil(cfg.epochs)):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        model.train()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}", disable=not (progress and is_main),
+                   mininterval=2.0, leave=False)
+        loss_sum, seen = 0.0, 0
+        for b in bar:
+            if step >= total:
+                break
+            x, mask, y = train_in.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+            if cfg.augment and pre["kind"] == "image":
+                x = augment(x, gen)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, warmup, cfg)
+            loss = multi_exit_loss(net(x, mask), y, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step, loss_sum, seen = step + 1, loss_sum + loss.item(), seen + 1
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        bar.close()
+        elapsed = time.time() - start
+        if is_main:
+            val_acc = exit_accuracy(collect_exits(model, val_in), val_in.y.numpy())
+            log.append({"epoch": epoch + 1, "step": step, "loss": loss_sum / max(seen, 1),
+                        "val_exit_accuracy": val_acc, "elapsed_s": round(elapsed, 1)})
+            print(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}  val acc by exit "
+                  + " ".join(f"{a * 100:.1f}" for a in val_acc) + f"  ({elapsed / 60:.1f} min)", flush=True)
+        if stop_now(cfg, elapsed, world) or step >= total:
+            break
+
+    digest = param_digest(model)
+    print(f"rank {rank} param sha256 {digest}", flush=True)
+    if is_main:
+        task = {"dataset": data.name, "kind": data.kind, "labels": data.labels, "preprocess": pre, "split_seed": 0}
+        save_checkpoint(out, model, spec["arch"], task,
+                        {"preset": cfg.preset, "train": asdict(cfg), "param_sha256": digest})
+        if tok is not None:
+            copy_tokenizer(tok.parent, out)
+        write_json(out / "train_log.json", {"preset": cfg.preset, "world_size": world, "epochs": log,
+                                            "train_seconds": round(time.time() - start, 1),
+                                            "param_sha256": digest})
+        print(f"checkpoint written to {out}", flush=True)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return out
+
+
+def stop_now(cfg: TrainConfig, elapsed: float, world: int) -> bool:
+    """The time budget, decided by rank 0 so every rank stops after the same epoch."""
+    flag = torch.tensor([1.0 if cfg.max_minutes and elapsed > cfg.max_minutes * 60 else 0.0])
+    if world > 1:
+        import torch.distributed as dist
+        dist.broadcast(flag, 0)
+    return bool(flag.item())
