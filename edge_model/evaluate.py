@@ -11,20 +11,33 @@ from edge_model.inputs import make_inputs
 
 
 @torch.no_grad()
-def collect_exits(model, inputs, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """(N, exits, classes) float32 logits. Text is batched by length (less padding), then put back in order."""
+def collect_exits(model, inputs, batch_size: int = 256, progress: bool = False) -> dict:
+    """One pass over a split through every exit, in the segment API the export uses.
+
+    Returns logits (N, exits, classes), first_pooled (N, width): the first exit's normalised pooled
+    vector, and input_stats (N, 3): edge_runtime.features' input statistics. Text is batched by length
+    (less padding), then put back in order.
+    """
+    from edge_runtime.features import image_stats, text_stats
     was_training = model.training
     model.eval()
     n = len(inputs)
     order = np.argsort([len(i) for i in inputs.ids], kind="stable") if hasattr(inputs, "ids") else np.arange(n)
-    out = None
+    out = {}
     for s in tqdm(range(0, n, batch_size), desc="exits", disable=not progress, leave=False):
         idx = order[s:s + batch_size]
         x, mask, _ = inputs.batch(idx)
-        logits = torch.stack(model.forward_exits(x, mask), 1).float().numpy()    # (b, E, C)
-        if out is None:
-            out = np.empty((n,) + logits.shape[1:], np.float32)
-        out[idx] = logits
+        bias, keep = model.attention_inputs(mask)
+        h, logits = model.embed(x), []
+        for k in range(len(model.exits)):
+            h = model.run_segment(h, k, bias)
+            pooled = model.heads[k].features(h, keep)
+            logits.append(model.heads[k].head(pooled))
+            first = pooled if k == 0 else first
+        stats = image_stats(x.numpy()) if mask is None else text_stats(mask.numpy(), model.cfg.max_len)
+        batch = {"logits": torch.stack(logits, 1).numpy(), "first_pooled": first.numpy(), "input_stats": stats}
+        for key, value in batch.items():
+            out.setdefault(key, np.empty((n,) + value.shape[1:], np.float32))[idx] = value
     model.train(was_training)
     return out
 
@@ -42,7 +55,8 @@ def evaluate(ckpt_dir, splits=("val", "test"), data_dir=None) -> dict:
               "flops": [model_flops(model, d) for d in model.exits], "accuracy": {}}
     for split in splits:
         inputs = make_inputs(data, split, pre, tok)
-        result["accuracy"][split] = exit_accuracy(collect_exits(model, inputs, progress=True), inputs.y.numpy())
+        result["accuracy"][split] = exit_accuracy(collect_exits(model, inputs, progress=True)["logits"],
+                                                  inputs.y.numpy())
         result.setdefault("samples", {})[split] = len(inputs)
     return result
 

@@ -72,9 +72,12 @@ def cache_path(ckpt_dir, split: str) -> Path:
     return Path(ckpt_dir) / f"exits_{split}.npz"
 
 
-def save_exits(path: Path, logits: np.ndarray, y: np.ndarray, exits, flops) -> None:
+CACHE_KEYS = ("logits", "labels", "exits", "flops", "first_pooled", "input_stats")
+
+
+def save_exits(path: Path, collected: dict, y: np.ndarray, exits, flops) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, logits=logits, labels=y, exits=np.asarray(exits), flops=np.asarray(flops, np.float64))
+    np.savez_compressed(tmp, labels=y, exits=np.asarray(exits), flops=np.asarray(flops, np.float64), **collected)
     tmp.replace(path)
 
 
@@ -85,7 +88,7 @@ def load_exits(ckpt_dir, split: str) -> dict:
                         Exit.NOT_FOUND)
     try:
         with np.load(path) as z:
-            return {k: z[k] for k in ("logits", "labels", "exits", "flops")}
+            return {k: z[k] for k in CACHE_KEYS}
     except (OSError, ValueError, KeyError) as err:
         raise EdgeError(f"{path} | corrupt exit cache ({err})", Exit.CORRUPT) from None
 
@@ -104,9 +107,9 @@ def cache_exits(ckpt_dir, data_dir=None, out_dir=None, splits=("train", "val", "
     report = {"checkpoint": str(ckpt_dir), "preset": config.get("preset"), "splits": {}}
     for split in splits:
         inputs = make_inputs(data, split, pre, tok)
-        logits, y = collect_exits(model, inputs, progress=True), inputs.y.numpy()
-        save_exits(cache_path(out, split), logits, y, model.exits, flops)
-        report["splits"][split] = oracle_report(logits, y, flops, model.exits)
+        collected, y = collect_exits(model, inputs, progress=True), inputs.y.numpy()
+        save_exits(cache_path(out, split), collected, y, model.exits, flops)
+        report["splits"][split] = oracle_report(collected["logits"], y, flops, model.exits)
     write_json(out / "oracle.json", report)
     (out / "oracle.md").write_text(oracle_markdown(report))
     return report

@@ -170,7 +170,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.close()
         elapsed = time.time() - start
         if is_main:
-            val_acc = exit_accuracy(collect_exits(model, val_in), val_in.y.numpy())
+            val_acc = exit_accuracy(collect_exits(model, val_in)["logits"], val_in.y.numpy())
             log.append({"epoch": epoch + 1, "step": step, "loss": loss_sum / max(seen, 1),
                         "val_exit_accuracy": val_acc, "elapsed_s": round(elapsed, 1)})
             print(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}  val acc by exit "

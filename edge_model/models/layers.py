@@ -43,10 +43,14 @@ class ExitHead(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.head = nn.Linear(dim, classes)
 
-    def forward(self, h, keep=None):
+    def features(self, h, keep=None):
+        """The normalised pooled vector the classifier reads (the controller projects it too)."""
         # keep: (B, T, 1) float 1/0 for real/padding tokens, or None when every token is real
         pooled = h.mean(1) if keep is None else (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, C)
-        return self.head(self.norm(pooled))
+        return self.norm(pooled)
+
+    def forward(self, h, keep=None):
+        return self.head(self.features(h, keep))
 
 
 class PreNormBlock(nn.Module):
