@@ -63,6 +63,13 @@ def test_exits_agree_with_forward(name):
             assert all(torch.equal(a, b) for a, b in zip(early, outs))
         # distinct exits really are distinct heads on distinct depths
         assert not torch.equal(outs[0], outs[-1])
+        # batched equals unbatched, row by row
+        for i in range(B):
+            xi, mi = x[i:i + 1], None if mask is None else mask[i:i + 1]
+            if mi is not None:   # drop the row's own padding: it must not matter
+                xi, mi = xi[:, :int(mi.sum())], None
+            for a, b in zip(model.forward_exits(xi, mi), outs):
+                torch.testing.assert_close(a[0], b[i], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
