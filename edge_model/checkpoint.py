@@ -52,6 +52,12 @@ def read_config(ckpt_dir) -> dict:
     if config.get("version") != VERSION:
         raise EdgeError(f"{path} | unknown version {config.get('version')} (this build reads {VERSION})",
                         Exit.CORRUPT)
+    for key, kind in (("arch", str), ("model", dict), ("task", dict)):
+        if not isinstance(config.get(key), kind):
+            raise EdgeError(f"{path} | '{key}' missing or not a {kind.__name__}", Exit.CORRUPT)
+    for key in ("dataset", "kind", "labels", "preprocess"):
+        if key not in config["task"]:
+            raise EdgeError(f"{path} | task.{key} missing", Exit.CORRUPT)
     return config
 
 
@@ -79,6 +85,9 @@ def load_checkpoint(ckpt_dir):
     if extra:
         raise EdgeError(f"{path} | unexpected tensor {extra[0]}", Exit.CORRUPT)
     model.load_state_dict(state)
+    digest = config.get("param_sha256")
+    if digest and param_digest(model) != digest:
+        raise EdgeError(f"{path} | weights do not match config.json's param_sha256", Exit.CORRUPT)
     return model.eval(), config
 
 

@@ -60,8 +60,8 @@ def model_config(arch: str, values: dict):
     if unknown:
         raise EdgeError(f"config | unknown {arch} field '{unknown[0]}'")
     values = dict(values)
-    if "exits" in values:
-        values["exits"] = tuple(values["exits"])
+    if isinstance(values.get("exits"), list):
+        values["exits"] = tuple(values["exits"])   # JSON lists back to the dataclass's tuple
     return cls(**values)
 
 

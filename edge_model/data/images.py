@@ -63,7 +63,8 @@ def fashion_mnist(data_dir=None, seed: int = 0) -> Dataset:
     x_tr, y_tr = (read_idx(p) for p in files["train"])
     x_te, y_te = (read_idx(p) for p in files["test"])
     perm = np.random.default_rng(seed).permutation(len(y_tr))
-    val, train = np.sort(perm[:FMNIST_VAL]), np.sort(perm[FMNIST_VAL:])
+    n_val = min(FMNIST_VAL, len(y_tr) // 10)   # a small --data-dir still keeps most images for training
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     splits = {"train": Split(x_tr[train], y_tr[train].astype(np.int64)),
               "val": Split(x_tr[val], y_tr[val].astype(np.int64)),
               "test": Split(x_te, y_te.astype(np.int64))}

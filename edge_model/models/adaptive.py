@@ -12,7 +12,10 @@ from edge_runtime.errors import EdgeError
 
 def check_exits(exits, depth: int) -> tuple:
     """Exits are strictly increasing layer numbers in 1..depth, the last one at depth."""
-    exits = tuple(int(e) for e in exits)
+    if not isinstance(exits, (list, tuple)) or not all(isinstance(e, int) for e in exits) \
+            or not isinstance(depth, int):
+        raise EdgeError(f"config | exits {exits!r} and depth {depth!r} must be a list of integers and an integer")
+    exits = tuple(exits)
     if not exits or list(exits) != sorted(set(exits)) or exits[0] < 1 or exits[-1] != depth:
         raise EdgeError(f"config | exits {list(exits)} do not fit depth {depth} "
                         f"(need strictly increasing layers in 1..{depth}, the last equal to {depth})")
@@ -23,7 +26,7 @@ class AdaptiveBackbone(nn.Module):
     """Subclasses build `self.embed_*` modules and implement `embed(x) -> (B, T, C)`."""
 
     def build_trunk(self, dim, depth, heads, mlp_hidden, exits, classes, eps, dropout, block):
-        if dim % heads:
+        if heads < 1 or dim % heads:
             raise EdgeError(f"config | width {dim} is not divisible by {heads} heads")
         self.exits = check_exits(exits, depth)
         self.blocks = nn.ModuleList(BLOCKS[block](dim, heads, mlp_hidden, eps, dropout) for _ in range(depth))
