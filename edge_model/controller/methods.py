@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_model.controller.table import ExitTable, agreement
+from edge_model.controller.table import ExitTable
 
 
 @dataclass
@@ -23,17 +23,19 @@ class Boundary:
     used: float             # compute spent so far, fraction of full depth (progressive cost)
     proba: np.ndarray       # (N, E) predictor's distribution over the required exit (zeros if none)
     costs: np.ndarray       # (E,) plain depth cost of each exit, fraction of full depth
-    correct: np.ndarray     # (N,) this exit is right: only the oracle may read it
+    correct: np.ndarray     # (N,) this exit is right: only the oracle may read these two
+    solvable: np.ndarray    # (N,) some exit is right
 
 
 def boundaries(table: ExitTable, proba=None):
-    conf, agree, preds, correct = table.confidence, agreement(table.preds), table.preds, table.correct
+    conf, agree, preds, correct = table.confidence, table.agreement, table.preds, table.correct
+    solvable = correct.any(1)
     used = table.progressive_flops() / table.full_flops
     costs = table.flops / table.full_flops
     proba = np.zeros((len(table), table.num_exits), np.float32) if proba is None else proba
     for k in range(table.num_exits):
         yield Boundary(k, table.num_exits, preds[:, k], conf[:, k], agree[:, k], float(used[k]), proba, costs,
-                       correct[:, k])
+                       correct[:, k], solvable)
 
 
 def run(method, table: ExitTable, proba=None) -> np.ndarray:
@@ -154,7 +156,7 @@ class Oracle:
         return None
 
     def decide(self, b, state):
-        return b.correct, state
+        return b.correct | ~b.solvable, state
 
 
 def per_input_flops(table: ExitTable, stop_at: np.ndarray, cost: str) -> np.ndarray:

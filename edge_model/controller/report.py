@@ -21,9 +21,9 @@ from edge_model.checkpoint import write_json
 from edge_model.controller.methods import (Fixed, OneShot, Oracle, Patience, PredictorOnly, RandomDepth,
                                            Threshold, outcome, run)
 from edge_model.controller.table import ExitTable
-from edge_model.exits import lower_bound_curve
+from edge_model.exits import lower_bound_curve, thin
 
-TOLERANCE = 0.003                     # DESIGN.md: "no more than 0.3 points below full depth"
+TOLERANCE = 0.003                     # DESIGN.md section 1: accuracy within +-0.3 % of full depth
 THRESHOLD_FAMILIES = ("entropy", "maxprob", "patience")
 EPS = 1e-9                            # accuracies are m / N: keeps 0.797 >= 0.800 - 0.003 true under rounding
 
@@ -49,6 +49,10 @@ class Family:
     extra_flops: float = 0.0          # the method's own FLOPs per input (the predictor), added to every point
 
 
+def _fixed(table: ExitTable) -> Family:
+    return Family("fixed", Fixed, list(range(table.num_exits)))
+
+
 def _grid(values: np.ndarray, ends=(0.0, 1.0), levels: int = 51) -> list:
     """Thresholds at evenly spaced quantiles of (N, E) values, taken per exit, plus the ends."""
     q = np.quantile(values, np.linspace(0, 1, levels), axis=0).ravel()
@@ -67,7 +71,7 @@ def standard_families(table_val: ExitTable, proba_val=None, predictor_flops: flo
         `random_matched`.
     """
     conf, e = table_val.confidence, table_val.num_exits
-    families = [Family("fixed", Fixed, list(range(e))),
+    families = [_fixed(table_val),
                 Family("entropy", lambda t: Threshold("entropy", t), _grid(conf[..., 2])),
                 Family("maxprob", lambda t: Threshold("maxprob", t), _grid(conf[..., 0])),
                 Family("patience", Patience, list(range(1, e)))]
@@ -180,11 +184,6 @@ def headline(name: str, test_point: dict, test: ExitTable, curves: dict, fixed_p
     }
 
 
-def _subsample(levels: np.ndarray, curve: np.ndarray, n: int = 300) -> dict:
-    idx = np.unique(np.r_[np.arange(0, len(curve), max(1, len(curve) // n)), len(curve) - 1])
-    return {"accuracy": levels[idx].tolist(), "mean_flops": curve[idx].tolist()}
-
-
 def controller_report(val_table: ExitTable, test_table: ExitTable, families: list, proba_val=None,
                       proba_test=None, policy_family=None, head_tolerance: float = TOLERANCE) -> dict:
     """Sweep every family on val and test, choose each knob on val, and compare the test results.
@@ -198,6 +197,8 @@ def controller_report(val_table: ExitTable, test_table: ExitTable, families: lis
     Returns:
         a plain-JSON dict; write it with write_report.
     """
+    if isinstance(policy_family, str) and policy_family not in [f.name for f in families]:
+        raise ValueError(f"policy family {policy_family!r} | not among {[f.name for f in families]}")
     if isinstance(policy_family, Family):
         families = [f for f in families if f.name != policy_family.name] + [policy_family]
     val_full, test_full = float(val_table.correct[:, -1].mean()), float(test_table.correct[:, -1].mean())
@@ -219,16 +220,16 @@ def controller_report(val_table: ExitTable, test_table: ExitTable, families: lis
     chosen_main = out[main]["chosen"]
     random = {"val": random_matched(val_table, chosen_main["val"]["flops_fraction"]),
               "test": random_matched(test_table, chosen_main["test"]["flops_fraction"]), "matched_to": main}
-    fixed_test = out["fixed"]["test"] if "fixed" in out else sweep(Family("fixed", Fixed, list(range(
-        test_table.num_exits))), test_table)
-    oracle = out["oracle"]["chosen"]["test"] if "oracle" in out else sweep(Family("oracle", lambda _: Oracle(), [None]),
-                                                                          test_table)[0]
+    # Truncation and the oracle are always measured, even when the caller's families leave them out.
+    fixed_test = out["fixed"]["test"] if "fixed" in out else sweep(_fixed(test_table), test_table)
+    oracle = sweep(Family("oracle", lambda _: Oracle(), [None]), test_table)[0]
     curves = {n: f["test"] for n, f in out.items()}
     rows = {n: {"knob": out[n]["chosen"]["knob"], "val_accuracy": out[n]["chosen"]["val"]["accuracy"],
                 **headline(n, out[n]["chosen"]["test"], test_table, curves, fixed_test)}
             for n in [main] + [n for n in out if n != main]}
     rows["random"] = {"knob": random["test"]["knob"], "val_accuracy": random["val"]["accuracy"],
                       **headline("random", random["test"], test_table, curves, fixed_test)}
+    levels, bound = lower_bound_curve(test_table.correct, test_table.flops)
     return {
         "protocol": {"tolerance": head_tolerance, "interpolation": "linear between adjacent Pareto points",
                      "text": PROTOCOL.format(tol=head_tolerance * 100)},
@@ -237,7 +238,7 @@ def controller_report(val_table: ExitTable, test_table: ExitTable, families: lis
         "full_flops": test_table.full_flops,
         "full_depth": {"val_accuracy": val_full, "test_accuracy": test_full},
         "main": main, "families": out, "random": random, "oracle": oracle,
-        "lower_bound": _subsample(*lower_bound_curve(test_table.correct, test_table.flops)),
+        "lower_bound": {"accuracy": thin(levels).tolist(), "mean_flops": thin(bound).tolist()},
         "headline": rows,
     }
 
@@ -246,7 +247,9 @@ def _fmt(x, spec=".2f", scale=1.0, none="-"):
     return none if x is None else format(x * scale, spec)
 
 
-def _knob(k):
+def _knob(name: str, k, exits: list) -> str:
+    if name == "fixed":    # the knob is an exit index; people read layers
+        return f"exit {k} (layer {exits[k]})"
     return "-" if k is None else format(k, ".4g") if isinstance(k, float) else str(k)
 
 
@@ -265,20 +268,22 @@ def report_markdown(report: dict) -> str:
              "| method / lower bound |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["headline"].items():
         fixed = r["cheapest_fixed"]
-        label = f"**{name}**" if name == main else name + (" (unreachable)" if name == "oracle" else "")
-        label += " (matched mean)" if name == "random" else ""
+        fixed = "none" if fixed is None else f"layer {fixed['layer']} ({fixed['accuracy'] * 100:.2f} %)"
+        label = f"**{name}**" if name == main else name + {"oracle": " (unreachable)",
+                                                            "random": " (matched mean)"}.get(name, "")
+        knob = _knob(name, r["knob"], report["exits"])
         lines.append(
-            f"| {label} | {_knob(r['knob'])} | {r['val_accuracy'] * 100:.2f} | {r['accuracy'] * 100:.2f} | "
-            f"{r['accuracy_change_points']:+.2f} | {r['flops_fraction'] * 100:.1f} | {r['flops_reduction'] * 100:.1f} | "
-            f"{'none' if fixed is None else 'layer %d (%.2f %%)' % (fixed['layer'], fixed['accuracy'] * 100)} | "
+            f"| {label} | {knob} | {r['val_accuracy'] * 100:.2f} | {r['accuracy'] * 100:.2f} | "
+            f"{r['accuracy_change_points']:+.2f} | {r['flops_fraction'] * 100:.1f} | "
+            f"{r['flops_reduction'] * 100:.1f} | {fixed} | "
             f"{_fmt(r['fixed_over_method'])} | {r['best_threshold'] or 'none'} | "
             f"{_fmt(r['best_threshold_over_method'])} | {_fmt(r['method_over_lower_bound'])} |")
     lines += ["", "## Operating points (knob chosen on validation)", "",
               "| family | knobs swept | knob | met tolerance on val | val acc % | val FLOPs % | test acc % "
               "| test FLOPs % | test depth histogram |", "|---|---|---|---|---|---|---|---|---|"]
     for name, f in report["families"].items():
-        c = f["chosen"]
-        lines.append(f"| {name} | {len(f['val'])} | {_knob(c['knob'])} | {'yes' if c['met_tolerance'] else 'no'} | "
+        c, knob = f["chosen"], _knob(name, f["chosen"]["knob"], report["exits"])
+        lines.append(f"| {name} | {len(f['val'])} | {knob} | {'yes' if c['met_tolerance'] else 'no'} | "
                      f"{c['val']['accuracy'] * 100:.2f} | {c['val']['flops_fraction'] * 100:.1f} | "
                      f"{c['test']['accuracy'] * 100:.2f} | {c['test']['flops_fraction'] * 100:.1f} | "
                      f"{c['test']['depth_histogram']} |")

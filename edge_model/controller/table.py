@@ -5,6 +5,7 @@ up to exit k plus every exit head passed on the way (heads of exits 0..k), becau
 head ran to decide. `fixed` and `oneshot` runs pay the plain depth-k cost plus the first exit's head.
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -34,21 +35,25 @@ class ExitTable:
     def num_exits(self) -> int:
         return self.logits.shape[1]
 
-    @property
+    @cached_property
     def preds(self) -> np.ndarray:        # (N, E)
         return self.logits.argmax(-1)
 
-    @property
+    @cached_property
     def correct(self) -> np.ndarray:      # (N, E) bool
         return self.preds == self.labels[:, None]
 
-    @property
+    @cached_property
     def confidence(self) -> np.ndarray:   # (N, E, 3) max prob, margin, normalised entropy
         return confidence(self.logits)
 
     @property
     def full_flops(self) -> float:
         return float(self.flops[-1])
+
+    @cached_property
+    def agreement(self) -> np.ndarray:   # (N, E, 2)
+        return agreement(self.preds)
 
     def progressive_flops(self) -> np.ndarray:
         """(E,) FLOPs of stopping at exit k after deciding at every boundary 0..k."""
