@@ -42,6 +42,32 @@ def cmd_cache_exits(args) -> int:
     return Exit.OK
 
 
+def cmd_fit_controller(args) -> int:
+    from dataclasses import fields
+
+    from edge_model.controller.fit import fit_controller
+    from edge_model.controller.policy import PPOConfig
+    given = {f.name: getattr(args, f.name) for f in fields(PPOConfig) if getattr(args, f.name, None) is not None}
+    s = fit_controller(args.checkpoint, args.out, PPOConfig(**given), progress=not args.no_progress)
+    p = s["predictor"]
+    print(f"predictor: test accuracy {p['test']['accuracy'] * 100:.1f} %, within one {p['test']['within_one'] * 100:.1f} %, "
+          f"ONNX = LightGBM to {p['onnx_max_abs_diff']:.1e}, {p['onnx_us_per_sample_batch1']:.1f} us/sample (ORT, batch 1)")
+    for name, pol in s["policies"].items():
+        print(f"{name}: final mean reward {pol['log'][-1]['mean_reward']:.4f} after {len(pol['log'])} updates "
+              f"({pol['seconds']:.0f} s)" + (f", numpy/ONNX = torch to {max(pol['parity_max_abs'].values()):.1e}"
+                                             if "parity_max_abs" in pol else ""))
+    print(f"controller written to {args.out or args.checkpoint + '/controller'} in {s['fit_seconds']:.0f} s")
+    return Exit.OK
+
+
+def cmd_eval_controller(args) -> int:
+    from edge_model.controller.fit import eval_controller
+    eval_controller(args.checkpoint, args.report, args.controller, args.compare)
+    out = args.report or args.checkpoint.rstrip("/") + "/report"
+    print(open(f"{out}/controller.md").read())
+    return Exit.OK
+
+
 def cmd_fetch(args) -> int:
     from edge_model.data.images import fetch_fashion_mnist
     if args.dataset != "fashion-mnist":
@@ -74,6 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--report" if name == "eval" else "--out", default=None, metavar="DIR",
                        help="where to write (default: the checkpoint directory)")
         s.set_defaults(func=func)
+    fc = sub.add_parser("fit-controller", help="fit the predictor (LightGBM) and the policy (PPO) on cached exits")
+    fc.add_argument("--checkpoint", required=True, metavar="DIR")
+    fc.add_argument("--out", default=None, metavar="DIR", help="default: <checkpoint>/controller")
+    from edge_model.controller.policy import PPOConfig
+    for fld in fields(PPOConfig):
+        kind = type(fld.default)
+        if kind is bool:
+            fc.add_argument("--" + fld.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None)
+        else:
+            fc.add_argument("--" + fld.name.replace("_", "-"), type=kind, default=None, metavar=kind.__name__.upper())
+    fc.add_argument("--no-progress", action="store_true")
+    fc.set_defaults(func=cmd_fit_controller)
+    ec = sub.add_parser("eval-controller", help="every method on val/test: JSON + Markdown report and plots")
+    ec.add_argument("--checkpoint", required=True, metavar="DIR")
+    ec.add_argument("--report", default=None, metavar="DIR", help="default: <checkpoint>/report")
+    ec.add_argument("--controller", default=None, metavar="DIR", help="default: <checkpoint>/controller")
+    ec.add_argument("--compare", default=None, metavar="DIR",
+                    help="a second checkpoint (e.g. trained with --exit-loss final) reported beside this one")
+    ec.set_defaults(func=cmd_eval_controller)
     f = sub.add_parser("fetch", help="fetch a dataset (fashion-mnist: the Debian package)")
     f.add_argument("dataset")
     f.set_defaults(func=cmd_fetch)

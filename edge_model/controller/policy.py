@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from edge_model.controller.methods import Boundary
 from edge_model.controller.table import ExitTable
@@ -48,8 +49,14 @@ class LSTMPolicy(nn.Module):
         self.critic = nn.Linear(hidden, 1)
 
     def forward(self, x, h, c):
-        """One boundary: (stop logit (N,), value (N,), h', c')."""
-        h, c = self.cell(x, (h, c))
+        """One boundary: (stop logit (N,), value (N,), h', c'). nn.LSTMCell's arithmetic written out with
+        slices, because its fused export uses a Split form that opset 17 rejects."""
+        H = self.cell.hidden_size
+        gates = F.linear(x, self.cell.weight_ih, self.cell.bias_ih) + F.linear(h, self.cell.weight_hh, self.cell.bias_hh)
+        i, f = torch.sigmoid(gates[:, :H]), torch.sigmoid(gates[:, H:2 * H])
+        g, o = torch.tanh(gates[:, 2 * H:3 * H]), torch.sigmoid(gates[:, 3 * H:])
+        c = f * c + i * g
+        h = o * torch.tanh(c)
         return self.actor(h)[:, 0], self.critic(h)[:, 0], h, c
 
     def unroll(self, xs):
@@ -192,9 +199,28 @@ def export_policy_onnx(policy: LSTMPolicy, path, opset: int = 17) -> None:
     S, H = policy.cell.input_size, policy.cell.hidden_size
     args = (torch.zeros(2, S), torch.zeros(2, H), torch.zeros(2, H))
     batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(policy.eval(), args, str(path), dynamo=True, external_data=False, opset_version=opset,
-                      input_names=["state", "h", "c"], output_names=["stop_logit", "value", "h_out", "c_out"],
-                      dynamic_shapes=({0: batch}, {0: batch}, {0: batch}), verbose=False)
+    with quiet_export():
+        torch.onnx.export(policy.eval(), args, str(path), dynamo=True, external_data=False, opset_version=opset,
+                          input_names=["state", "h", "c"], output_names=["stop_logit", "value", "h_out", "c_out"],
+                          dynamic_shapes=({0: batch}, {0: batch}, {0: batch}), verbose=False)
+
+
+def quiet_export():
+    """The dynamo exporter logs its opset conversion and optional-package notes at WARNING on every call."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    for name in ("torch.onnx", "torch.export", "onnxscript"):
+        logger = logging.getLogger(name)
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        stack.callback(logger.setLevel, level)
+    return stack
 
 
 def config_dict(cfg: PPOConfig) -> dict:
