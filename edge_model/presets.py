@@ -18,13 +18,15 @@ PRESETS = {
     "fmnist-vit-demo": dict(
         arch="vit", dataset="fashion-mnist",
         model=dict(dim=64, depth=6, heads=4, mlp_ratio=2.0, exits=(1, 2, 3, 4, 5, 6)),
-        train=dict(epochs=3, batch_size=128, lr=2e-3, warmup_epochs=0.5)),
+        train=dict(epochs=3, batch_size=128, lr=2e-3, warmup_epochs=0.5, augment=False)),
     # the benchmark model: depth 12, exits after layer 1 and then every two layers. The conv stem
     # gives the tokens local structure; the first exit sees the stem plus one block, so depth pays.
+    # No augmentation: in a 10-epoch budget shifts and flips slow learning more than they regularise
+    # (after one epoch 79.5 % without against 72.5 % with, on validation).
     "fmnist-vit": dict(
         arch="vit", dataset="fashion-mnist",
         model=dict(dim=64, depth=12, heads=4, mlp_ratio=2.0, exits=(1, 2, 4, 6, 8, 10, 12)),
-        train=dict(epochs=10, batch_size=128, lr=2e-3, warmup_epochs=1.0)),
+        train=dict(epochs=10, batch_size=128, lr=2e-3, warmup_epochs=1.0, augment=False)),
     # MiniLM-L6 fine-tuned, an exit after every layer
     "tweets-minilm": dict(
         arch="text", dataset="tweets", pretrained="minilm",
