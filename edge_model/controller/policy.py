@@ -25,10 +25,10 @@ from edge_runtime.policy import PolicyArrays, policy_state, state_size
 @dataclass
 class PPOConfig:
     hidden: int = 64
-    updates: int = 300          # PPO iterations
-    episodes: int = 4096        # episodes per iteration
+    updates: int = 200          # PPO iterations (about 0.5 s each at 7 exits on one core)
+    episodes: int = 2048        # episodes per iteration
     epochs: int = 4             # passes over each batch of episodes
-    minibatch: int = 1024
+    minibatch: int = 2048
     lr: float = 3e-3
     clip: float = 0.2
     gae_lambda: float = 0.95
