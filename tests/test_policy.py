@@ -79,6 +79,8 @@ def test_numpy_and_onnx_steps_equal_torch(tmp_path):
     policy = LSTMPolicy(state_size(E), H).eval()
     arrays = policy.arrays(True)
     export_policy_onnx(policy, tmp_path / "policy.onnx")
+    import onnx
+    assert {o.domain: o.version for o in onnx.load(tmp_path / "policy.onnx").opset_import}[""] == 17
     sess = ort.InferenceSession(str(tmp_path / "policy.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     th = tc = torch.zeros(N, H)

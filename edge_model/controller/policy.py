@@ -10,7 +10,7 @@ Because the exits are cached, the state sequence of an episode does not depend o
 only decide where it ends), so one LSTM pass over all boundaries scores every step at once.
 """
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -196,6 +196,7 @@ class PolicyMethod:
 
 def export_policy_onnx(policy: LSTMPolicy, path, opset: int = 17) -> None:
     """One step per call: inputs state (N, S), h, c (N, H); outputs stop_logit, value, h_out, c_out."""
+    from edge_model.export import quiet_export
     S, H = policy.cell.input_size, policy.cell.hidden_size
     args = (torch.zeros(2, S), torch.zeros(2, H), torch.zeros(2, H))
     batch = torch.export.Dim("batch", min=1)
@@ -203,25 +204,3 @@ def export_policy_onnx(policy: LSTMPolicy, path, opset: int = 17) -> None:
         torch.onnx.export(policy.eval(), args, str(path), dynamo=True, external_data=False, opset_version=opset,
                           input_names=["state", "h", "c"], output_names=["stop_logit", "value", "h_out", "c_out"],
                           dynamic_shapes=({0: batch}, {0: batch}, {0: batch}), verbose=False)
-
-
-def quiet_export():
-    """The dynamo exporter logs its opset conversion and optional-package notes at WARNING on every call."""
-    import contextlib
-    import io
-    import logging
-    import warnings
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    for name in ("torch.onnx", "torch.export", "onnxscript"):
-        logger = logging.getLogger(name)
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        stack.callback(logger.setLevel, level)
-    return stack
-
-
-def config_dict(cfg: PPOConfig) -> dict:
-    return asdict(cfg)
