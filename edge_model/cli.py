@@ -1,4 +1,5 @@
-"""`edge-model`: the workstation command line (train, eval, cache-exits, fetch, presets)."""
+"""`edge-model`: the workstation command line (train, eval, cache-exits, fit-controller, eval-controller,
+export, fetch, presets)."""
 import argparse
 import sys
 from dataclasses import fields
@@ -68,6 +69,14 @@ def cmd_eval_controller(args) -> int:
     return Exit.OK
 
 
+def cmd_export(args) -> int:
+    from edge_model.engines import export_engines, export_summary
+    manifest = export_engines(args.checkpoint, args.out, data_dir=args.data_dir, samples=args.samples,
+                              opset=args.opset, name=args.name, progress=not args.no_progress)
+    print(export_summary(manifest, args.out))
+    return Exit.OK
+
+
 def cmd_fetch(args) -> int:
     from edge_model.data.images import fetch_fashion_mnist
     if args.dataset != "fashion-mnist":
@@ -119,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--compare", default=None, metavar="DIR",
                     help="a second checkpoint (e.g. trained with --exit-loss final) reported beside this one")
     ec.set_defaults(func=cmd_eval_controller)
+    ex = sub.add_parser("export", help="fold, export every segment to ONNX and write an engine directory")
+    ex.add_argument("--checkpoint", required=True, metavar="DIR",
+                    help="a checkpoint with its exit cache and fitted controller")
+    ex.add_argument("--out", required=True, metavar="DIR", help="the engine directory, e.g. engines/NAME")
+    ex.add_argument("--name", default=None, help="the manifest's name (default: the --out directory's name)")
+    ex.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files, when not from the Debian package")
+    ex.add_argument("--samples", type=int, default=16, metavar="N", help="test inputs in the reference batch")
+    ex.add_argument("--opset", type=int, default=17, metavar="N", help="ai.onnx opset (TensorRT 8.5 reads <= 17)")
+    ex.add_argument("--no-progress", action="store_true")
+    ex.set_defaults(func=cmd_export)
     f = sub.add_parser("fetch", help="fetch a dataset (fashion-mnist: the Debian package)")
     f.add_argument("dataset")
     f.set_defaults(func=cmd_fetch)

@@ -8,6 +8,7 @@ class Exit(IntEnum):
     BAD_INPUT = 2      # the user asked for something that cannot work (bad flag, bad config)
     NOT_FOUND = 3      # a file, dataset or device that is not there
     CORRUPT = 4        # a file that is there but damaged (truncated, wrong hash, bad schema)
+    MISMATCH = 5       # a verification ran and failed (edge-infer check: runtime vs PyTorch)
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 

@@ -1,0 +1,270 @@
+"""`edge-model export`: a checkpoint and its fitted controller -> an engine directory for the device.
+
+engines/<name>/ holds (every path in the manifest relative to it, every file hashed):
+  segment_K.onnx     the folded segments, ONNX opset 17, self-contained (edge_model.export)
+  predictor.onnx     the complexity predictor (LightGBM as one tree node)
+  policy.onnx        the LSTM policy step; policy.npz: the same weights for the numpy step
+  projection.npz     the controller's feature projection, re-expressed for the folded graphs (below)
+  tokenizer.json     text models only
+  reference.npz      16 test inputs and the PyTorch (unfolded checkpoint) logits of every exit,
+                     and the projected controller features: what `edge-infer check` compares against
+  manifest.json      schema edge-engines v1 (edge_runtime.manifest documents every field)
+
+The projection. The predictor's PCA projection P was fitted on the first exit's pooled vector after
+its LayerNorm affine (evaluate.collect_exits caches gamma * n + beta). Folding moves that affine into the
+exit's classifier, so the device can compute only n = layer_norm(mean over tokens of segment 0's
+hidden_out) without affine. Since (gamma * n + beta) @ P = n @ (diag(gamma) P) + beta @ P, we ship
+weight = diag(gamma) P and bias = beta P: the device's features equal the ones the predictor was fitted
+on, and exit 0 keeps its fold. The export checks this on the reference batch.
+
+Everything is written to a temporary directory next to the output, opened with the device-side loader
+(hashes, schema, build stamp), and only then renamed into place.
+"""
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_model.checkpoint import load_checkpoint, tokenizer_path, write_json
+from edge_model.export import OPSET, export_segments, input_names, sha256
+from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION
+
+REFERENCE_SAMPLES = 16
+PROJECTION_ATOL = 1e-4     # device projection vs PyTorch's on the reference batch, checked at export
+CONTROLLER_FILES = {"predictor": "predictor.onnx", "policy": "policy.onnx", "policy_arrays": "policy.npz"}
+INPUT_STATS = {
+    "image": {"names": ["mean", "std", "edge_energy"], "function": "edge_runtime.features.image_stats",
+              "of": "the preprocessed input (N, C, H, W)"},
+    "text": {"names": ["token_fraction", "zero", "zero"], "function": "edge_runtime.features.text_stats",
+             "of": "the attention mask (N, max_len): token count / max_len"},
+}
+
+
+def controller_dir(ckpt_dir: Path) -> Path:
+    """The fitted controller, checked for every file the engine directory ships."""
+    ctrl = ckpt_dir / "controller"
+    for name in list(CONTROLLER_FILES.values()) + ["predictor.npz", "predictor.json"]:
+        if not (ctrl / name).is_file():
+            raise EdgeError(f"{ctrl / name} | missing; fit the controller first: edge-model fit-controller "
+                            f"--checkpoint {ckpt_dir}", Exit.NOT_FOUND)
+    return ctrl
+
+
+def reference_inputs(config: dict, ckpt_dir: Path, data_dir, n: int) -> tuple:
+    """(x, mask or None, labels) for the first n test inputs, preprocessed as the device will feed them."""
+    from edge_model.data import load_dataset
+    from edge_model.inputs import make_inputs
+    task = config["task"]
+    data = load_dataset(task["dataset"], data_dir)
+    inputs = make_inputs(data, "test", task["preprocess"], tokenizer_path(ckpt_dir, config))
+    idx = np.arange(min(n, len(inputs)))
+    x, mask, y = inputs.batch(idx)
+    if mask is not None:   # the graphs are static at max_len tokens: pad every row to it
+        T = task["preprocess"]["max_len"]
+        ids, m = torch.zeros(len(idx), T, dtype=torch.int64), torch.zeros(len(idx), T, dtype=torch.int64)
+        ids[:, :x.shape[1]], m[:, :x.shape[1]] = x, mask
+        x, mask = ids, m
+    return x, mask, y
+
+
+@torch.no_grad()
+def reference_outputs(model, x, mask, projection: np.ndarray) -> tuple:
+    """(logits (N, exits, classes), projected (N, P)) of the unfolded model: what the device must reproduce."""
+    logits = torch.stack(model.forward_exits(x, mask), 1)                # (N, E, classes)
+    bias, keep = model.attention_inputs(mask)
+    h = model.run_segment(model.embed(x), 0, bias)                       # (N, T, C)
+    pooled = model.heads[0].features(h, keep)                            # (N, C), after the affine
+    return logits.numpy(), pooled.numpy() @ projection
+
+
+def segment_flops(model) -> list:
+    """FLOPs each segment graph runs: its blocks and its exit head (segment 0 also the stem)."""
+    from edge_model.flops import model_flops
+    heads = [2 * h.head.in_features * h.head.out_features for h in model.heads]
+    total = [model_flops(model, d) for d in model.exits]    # stem + blocks 1..d + one head
+    return [total[0]] + [total[k] - total[k - 1] + heads[k] for k in range(1, len(total))]
+
+
+def git_state() -> tuple:
+    """(commit, dirty) of the code doing the export; (None, None) outside a git checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip() != ""
+        return commit, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse to replace anything but an engine directory (or nothing, or an empty directory)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise EdgeError(f"{out} | exists and is not an engine directory (no {MANIFEST}); choose another --out",
+                        Exit.BAD_INPUT)
+
+
+def ref(path: Path) -> dict:
+    return {"file": path.name, "sha256": sha256(path)}
+
+
+def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples: int, opset: int,
+                  name: str, progress: bool) -> dict:
+    """Every file of the engine directory into `tmp`; returns the manifest."""
+    import onnx
+    import onnxruntime
+
+    from edge_model.exits import load_exits
+    from edge_model.fold import fold_model
+    from edge_runtime.engine_dir import Projection
+    say = print if progress else (lambda *a, **k: None)
+    task, text = config["task"], config["task"]["kind"] == "text"
+    ctrl = controller_dir(ckpt)
+    val = load_exits(ckpt, "val")
+    exits = [int(e) for e in model.exits]
+    if list(val["exits"]) != exits or val["logits"].shape[1] != len(exits):
+        raise EdgeError(f"{ckpt}/exits_val.npz | cached for exits {list(val['exits'])}, the model has {exits}; "
+                        f"cache again: edge-model cache-exits --checkpoint {ckpt}", Exit.CORRUPT)
+    with np.load(ctrl / "predictor.npz") as z:
+        P = z["projection"].astype(np.float32)                       # (width, dims)
+    head0 = model.heads[0].norm
+    if P.shape[0] != head0.normalized_shape[0]:
+        raise EdgeError(f"{ctrl}/predictor.npz | projection width {P.shape[0]}, the model's is "
+                        f"{head0.normalized_shape[0]}: fit the controller again", Exit.CORRUPT)
+
+    x, mask, labels = reference_inputs(config, ckpt, data_dir, samples)
+    say(f"folding and exporting {len(exits)} segments (ONNX opset {opset})", flush=True)
+    folded = fold_model(model)
+    records = export_segments(folded, tmp, x if mask is None else (x, mask), opset)
+    logits, projected = reference_outputs(model, x, mask, P)
+
+    # The projection for the pre-affine vector (module docstring), checked against PyTorch's
+    gamma, beta = head0.weight.detach().double().numpy(), head0.bias.detach().double().numpy()
+    projection = Projection((gamma[:, None] * P).astype(np.float32), (beta @ P).astype(np.float32), head0.eps)
+    with torch.no_grad():
+        hidden = folded.segment(0)(x, mask)[0].numpy()
+    err = float(np.abs(projection(hidden, None if mask is None else mask.numpy()) - projected).max())
+    if not err <= PROJECTION_ATOL:
+        raise RuntimeError(f"projection | device features differ from PyTorch's by {err:.3g} on the reference batch")
+    np.savez(tmp / "projection.npz", weight=projection.weight, bias=projection.bias)
+
+    names = input_names(0, text)
+    feed = dict(zip(names, [x.numpy()] + ([mask.numpy()] if text else [])))
+    np.savez(tmp / "reference.npz", logits=logits.astype(np.float32), projected=projected.astype(np.float32),
+             labels=labels.numpy(), **feed)
+    for key, file in CONTROLLER_FILES.items():
+        shutil.copyfile(ctrl / file, tmp / file)
+    if text:
+        shutil.copyfile(tokenizer_path(ckpt, config), tmp / "tokenizer.json")
+
+    seg_flops = segment_flops(model)
+    val_acc = (val["logits"].argmax(-1) == val["labels"][:, None]).mean(0)
+    predictor_meta = json.loads((ctrl / "predictor.json").read_text())
+    commit, dirty = git_state()
+    manifest = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "name": name,
+        "task": {"kind": task["kind"], "labels": task["labels"], "preprocess": task["preprocess"],
+                 "dataset": task["dataset"], **({"tokenizer": ref(tmp / "tokenizer.json")} if text else {})},
+        "segments": [{"index": r["index"], "exit": r["exit"], "file": r["file"], "sha256": r["sha256"],
+                      "bytes": r["bytes"], "flops": int(seg_flops[r["index"]]), "params": r["params"],
+                      "inputs": r["inputs"], "outputs": r["outputs"], "ort_max_abs": r["ort_max_abs"]}
+                     for r in records],
+        "variants": [{"depth": d, "exit_index": k, "chain": list(range(k + 1)),
+                      "flops": int(sum(seg_flops[:k + 1])),   # what the chain runs: earlier exit heads included
+                      "val_accuracy": float(val_acc[k]), "latency_ms": None} for k, d in enumerate(exits)],
+        "controller": {
+            **{key: ref(tmp / file) for key, file in CONTROLLER_FILES.items()},
+            "projection": ref(tmp / "projection.npz"),
+            "features": {
+                "names": predictor_meta["feature_names"],
+                "input_stats": {"kind": task["kind"], **INPUT_STATS[task["kind"]]},
+                "confidence": {"names": ["max_prob", "margin", "entropy"], "of": "segment 0's logits",
+                               "function": "edge_runtime.features.confidence"},
+                "projection_dims": int(P.shape[1]),
+                "projection_input": ("layer_norm of the " + ("attention-masked " if text else "") +
+                                     "mean over tokens of segment 0's hidden_out, without affine "
+                                     "(exit 0's norm affine is folded into its classifier)"),
+                "projection": "pooled @ weight + bias, with weight = diag(gamma) @ P and bias = beta @ P: "
+                              "P is the PCA projection fitted on the post-affine vector gamma * n + beta",
+                "pool_eps": float(head0.eps),
+                "export_max_abs": err,
+            },
+        },
+        "reference": {**ref(tmp / "reference.npz"), "split": "test", "samples": int(len(labels)),
+                      "inputs": names, "outputs": {"logits": "(N, exits, classes): PyTorch, unfolded checkpoint",
+                                                   "projected": "(N, projection_dims): PyTorch features"}},
+        "build": {"backend": "onnxruntime", "precision": "fp32", "opset": opset,
+                  "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                               "torch": torch.__version__, "python": platform.python_version()},
+                  "device": {"machine": platform.machine(), "processor": platform.processor(),
+                             "system": platform.system()}},
+        "provenance": {"git_commit": commit, "git_dirty": dirty, "dataset": task["dataset"],
+                       "config_sha256": sha256(ckpt / "config.json"), "preset": config.get("preset"),
+                       "param_sha256": config.get("param_sha256"),
+                       # relative to where export ran: a manifest holds no absolute path
+                       "checkpoint": os.path.relpath(ckpt.resolve())},
+    }
+    write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def export_engines(ckpt_dir, out_dir, data_dir=None, samples: int = REFERENCE_SAMPLES, opset: int = OPSET,
+                   name: str = None, progress: bool = True) -> dict:
+    """Export a checkpoint with its fitted controller into an engine directory.
+
+    Args:
+        ckpt_dir: a trained checkpoint with its exit cache (cache-exits) and controller (fit-controller).
+        out_dir: the engine directory to write (replaced if it is one already).
+        data_dir: Fashion-MNIST IDX files, when not from the Debian package.
+        samples: test inputs in the reference batch.
+        opset: the ai.onnx opset of the segment files.
+        name: the manifest's name (default: out_dir's name).
+        progress: print what is being done.
+    Returns:
+        The manifest written to out_dir/manifest.json.
+    """
+    from edge_runtime.engine_dir import EngineDir
+    ckpt, out = Path(ckpt_dir), Path(out_dir)
+    if samples < 1:
+        raise EdgeError(f"--samples {samples} | must be at least 1", Exit.BAD_INPUT)
+    check_out_dir(out)
+    model, config = load_checkpoint(ckpt)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = write_engines(tmp, ckpt, model, config, data_dir, samples, opset, name or out.name, progress)
+        EngineDir.open(tmp)   # what the device will do: schema, paths, hashes, build stamp
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)   # a directory cannot be replaced in one rename: move the old one aside
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old.exists():
+                os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def export_summary(manifest: dict, out) -> str:
+    """A few lines for the terminal: segments, variants, where to go next."""
+    lines = [f"engines written to {out} ({manifest['name']}: {len(manifest['segments'])} segments, "
+             f"ONNX opset {manifest['build']['opset']}, {manifest['build']['precision']})", "",
+             "| depth | chain | MFLOPs | val acc % |", "|---|---|---|---|"]
+    for v in manifest["variants"]:
+        lines.append(f"| {v['depth']} | {' '.join(map(str, v['chain']))} | {v['flops'] / 1e6:.3f} | "
+                     f"{v['val_accuracy'] * 100:.2f} |")
+    lines += ["", f"verify with: edge-infer check --engine-dir {out}"]
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""ONNX Runtime backend: one InferenceSession per segment, CPU by default.
+
+Execution providers are checked twice, since onnxruntime-gpu quietly runs on the CPU when CUDA or
+TensorRT cannot start: a requested provider must be in get_available_providers() before the session is
+made, and in the session's get_providers() after. Either miss is one line, never a silent fallback.
+"""
+from edge_runtime.backends import lazy_import
+from edge_runtime.backends.base import Backend
+from edge_runtime.errors import EdgeError, Exit
+
+
+def check_providers(ort, providers) -> list:
+    """The requested providers, each one available in this onnxruntime build."""
+    have = ort.get_available_providers()
+    for p in providers:
+        if p not in have:
+            raise EdgeError(f"provider '{p}' | not available in this onnxruntime {ort.__version__} "
+                            f"(available: {', '.join(have)})", Exit.BAD_INPUT)
+    return list(providers)
+
+
+def session_from_file(path, providers, intra_op_num_threads: int = 0, name: str = None):
+    """The loader: an InferenceSession on `path` that really runs on every requested provider.
+
+    Args:
+        path: an ONNX file.
+        providers: execution providers in priority order.
+        intra_op_num_threads: 0 = ONNX Runtime's default (one per physical core).
+        name: what messages call the file (default: its name).
+    """
+    ort = lazy_import("onnxruntime", extra="runtime")
+    providers = check_providers(ort, providers)
+    label = name or str(path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_num_threads
+    opts.inter_op_num_threads = 1      # segments are one chain of ops: no parallel branches to run
+    opts.log_severity_level = 3        # errors only; warnings go to the console otherwise
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as err:           # ORT has its own exception types (Fail, InvalidGraph, NoSuchFile...)
+        raise EdgeError(f"{label} | onnxruntime cannot load it ({str(err).splitlines()[0]})", Exit.CORRUPT) from None
+    got = session.get_providers()
+    missing = [p for p in providers if p not in got]
+    if missing:
+        raise EdgeError(f"{label} | onnxruntime fell back: asked for {', '.join(providers)}, the session runs "
+                        f"on {', '.join(got)}", Exit.BAD_INPUT)
+    return session
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, graphs: dict, providers=("CPUExecutionProvider",), intra_op_num_threads: int = 0):
+        """Args:
+            graphs: {name: GraphSpec} from EngineDir.graphs().
+            providers: ONNX Runtime execution providers, in priority order.
+            intra_op_num_threads: threads per session (0: ONNX Runtime's default).
+        """
+        super().__init__(graphs)
+        self.providers = tuple(providers)
+        self.intra_op_num_threads = intra_op_num_threads
+        self.sessions = {}
+
+    def load(self) -> None:
+        sessions = {}
+        for name, spec in self.graphs.items():
+            s = session_from_file(spec.path, self.providers, self.intra_op_num_threads, spec.path.name)
+            got, want = [i.name for i in s.get_inputs()], [i["name"] for i in spec.inputs]
+            if got != want:
+                raise EdgeError(f"{spec.path.name} | inputs {got}, the manifest says {want}", Exit.CORRUPT)
+            outs = [o.name for o in s.get_outputs()]
+            if any(o["name"] not in outs for o in spec.outputs):
+                raise EdgeError(f"{spec.path.name} | outputs {outs}, the manifest says "
+                                f"{[o['name'] for o in spec.outputs]}", Exit.CORRUPT)
+            sessions[name] = s
+        self.sessions = sessions
+
+    def unload(self) -> None:
+        self.sessions = {}
+
+    def execute(self, name: str, feed: dict) -> dict:
+        names = [o["name"] for o in self.graphs[name].outputs]
+        return dict(zip(names, self.sessions[name].run(names, feed)))
+
+    @property
+    def active_providers(self) -> list:
+        """The providers the sessions run on (after open)."""
+        first = next(iter(self.sessions.values()), None)
+        return first.get_providers() if first is not None else []

@@ -1,0 +1,146 @@
+"""`edge-infer check`: every variant of an engine directory, through the runtime, against PyTorch.
+
+Polygraphy's comparator, on the reference batch export stored (reference.npz: test inputs and the
+unfolded checkpoint's logits of every exit). Each variant runs its own chain of segments from the raw
+input, as the runtime does; its exit's logits are compared with PyTorch's. The controller's projected
+features (segment 0's hidden output through projection.npz) are compared too.
+
+Per output: max / mean / median / p99 of the absolute and the relative error, argmax agreement, and
+PASS or FAIL. An element fails when it is off by more than atol AND by more than rtol relative to the
+reference (Polygraphy's elementwise rule), so tiny logits are judged by atol and large ones by rtol.
+Relative error: |got - ref| / |ref|, with |ref| floored at the smallest normal float32.
+"""
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.backends import BackendOptions
+from edge_runtime.engine_dir import EngineDir
+from edge_runtime.errors import EdgeError, Exit
+
+STATS = ("max", "mean", "median", "p99")
+
+
+@dataclass
+class CheckOptions:
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    fail_fast: bool = False
+
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("comparison")
+        g.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
+        g.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+        g.add_argument("--fail-fast", action="store_true", help="stop at the first output out of tolerance")
+
+    @classmethod
+    def from_args(cls, ns) -> "CheckOptions":
+        for flag, value in (("--atol", ns.atol), ("--rtol", ns.rtol)):
+            if not value >= 0:
+                raise EdgeError(f"{flag} {value} | must be a number >= 0", Exit.BAD_INPUT)
+        return cls(ns.atol, ns.rtol, ns.fail_fast)
+
+
+def error_stats(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float, argmax: bool = True) -> dict:
+    """Absolute and relative error statistics of `got` against `ref`, argmax agreement over the last axis
+    (for logits; None when `argmax` is off), the mismatch count and pass/fail."""
+    if got.shape != ref.shape:
+        return {"passed": False, "note": f"shape {got.shape}, reference {ref.shape}"}
+    got, ref = got.astype(np.float64), ref.astype(np.float64)
+    abs_err = np.abs(got - ref).ravel()
+    rel_err = abs_err / np.maximum(np.abs(ref).ravel(), np.finfo(np.float32).tiny)
+    bad = (abs_err > atol) & (rel_err > rtol) | ~np.isfinite(got.ravel())
+    out = {}
+    for kind, e in (("abs", abs_err), ("rel", rel_err)):
+        out.update({f"max_{kind}": float(e.max()), f"mean_{kind}": float(e.mean()),
+                    f"median_{kind}": float(np.median(e)), f"p99_{kind}": float(np.percentile(e, 99))})
+    out["argmax_agree"] = int((got.argmax(-1) == ref.argmax(-1)).sum()) if argmax else None
+    out["rows"] = int(np.prod(got.shape[:-1]))
+    out["mismatches"] = int(bad.sum())
+    out["passed"] = out["mismatches"] == 0
+    return out
+
+
+def run_chain(backend, engine: EngineDir, chain: list, inputs: dict) -> list:
+    """Every segment's outputs along `chain`, starting from the raw inputs (a copy of each)."""
+    graphs, outs, prev = engine.graphs(), [], None
+    for k in chain:
+        name = f"segment_{k}"
+        # segment k + 1 reads segment k's hidden_out as `hidden`; other inputs (the mask) come from the batch
+        feed = {i["name"]: prev["hidden_out"] if i["name"] == "hidden" else inputs[i["name"]]
+                for i in graphs[name].inputs}
+        prev = {key: np.array(v) for key, v in backend.run_segment(name, feed).items()}
+        outs.append(prev)
+    return outs
+
+
+def check_engines(engine: EngineDir, backend_options: BackendOptions = BackendOptions(),
+                  options: CheckOptions = CheckOptions(), on_result=None) -> dict:
+    """Compare every variant and the controller projection with the stored PyTorch outputs.
+
+    Args:
+        engine: an opened EngineDir.
+        backend_options: which backend runs the segments, and how.
+        options: tolerances and fail-fast.
+        on_result: called with each result row as it is ready (the CLI prints it).
+    Returns:
+        {engine, backend, providers, atol, rtol, samples, results: [{depth, chain, output, ...stats}], passed}.
+    """
+    ref = engine.reference()
+    first = engine.segments[0]["inputs"]
+    missing = [i["name"] for i in first if i["name"] not in ref] + [k for k in ("logits", "projected") if k not in ref]
+    if missing:
+        raise EdgeError(f"{engine.manifest['reference']['file']} | no '{missing[0]}' array", Exit.CORRUPT)
+    inputs = {i["name"]: ref[i["name"]] for i in first}
+    results = []
+
+    def add(row):
+        results.append(row)
+        if on_result:
+            on_result(row)
+        return options.fail_fast and not row["passed"]
+
+    backend = backend_options.create(engine.graphs(), engine.build["backend"])
+    with backend:
+        stop = False
+        for v in engine.variants:
+            outs = run_chain(backend, engine, v["chain"], inputs)
+            got, want = outs[-1]["logits"], ref["logits"][:, v["exit_index"]]
+            if stop := add({"depth": v["depth"], "chain": v["chain"], "output": "logits",
+                            **error_stats(got, want, options.atol, options.rtol)}):
+                break
+            if v["exit_index"] == 0:
+                projected = engine.projection()(outs[0]["hidden_out"], inputs.get("attention_mask"))
+                if stop := add({"depth": v["depth"], "chain": [0], "output": "projected",
+                                **error_stats(projected, ref["projected"], options.atol, options.rtol, argmax=False)}):
+                    break
+        providers = getattr(backend, "active_providers", [])
+    return {"engine": engine.name, "engine_dir": str(engine.root), "backend": backend.name, "providers": providers,
+            "atol": options.atol, "rtol": options.rtol, "samples": int(len(ref["logits"])), "stopped_early": stop,
+            "results": results, "passed": all(r["passed"] for r in results)}
+
+
+HEADER = (f"{'depth':>5}  {'chain':<10} {'output':<10}" + "".join(f" {s + ' abs':>10}" for s in STATS)
+          + "".join(f" {s + ' rel':>10}" for s in STATS) + f" {'argmax':>8}  result")
+
+
+def result_line(r: dict) -> str:
+    if "note" in r:
+        return f"{r['depth']:>5}  {' '.join(map(str, r['chain'])):<10} {r['output']:<10} {r['note']}  FAIL"
+    cells = "".join(f" {r[f'{s}_{kind}']:>10.2e}" for kind in ("abs", "rel") for s in STATS)
+    agree = "-" if r["argmax_agree"] is None else f"{r['argmax_agree']}/{r['rows']}"
+    return (f"{r['depth']:>5}  {' '.join(map(str, r['chain'])):<10} {r['output']:<10}{cells} "
+            f"{agree:>8}  {'PASS' if r['passed'] else 'FAIL'}")
+
+
+def write_report(report: dict, path) -> None:
+    """JSON, written to a temp name and renamed: never half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,177 @@
+"""The engine directory's manifest (`manifest.json`): schema `edge-engines`, version 1.
+
+Written by `edge-model export` (edge_model.engines), read here on the device. Every file is named by a
+path relative to the engine directory and carries its sha256:
+
+  schema, schema_version, name
+  task        kind (image | text), labels, preprocess (the checkpoint's spec), dataset,
+              tokenizer {file, sha256} (text only)
+  segments    [{index, exit, file, sha256, bytes, flops, params, inputs, outputs}]; inputs and outputs are
+              [{name, shape (the batch axis by name, the rest ints), dtype}]
+  variants    [{depth, exit_index, chain (segment indices, 0..exit_index), flops, val_accuracy, latency_ms}]
+  controller  predictor, policy, policy_arrays, projection: each {file, sha256}; features (names, input
+              statistics, projection_dims and how the projection reads segment 0's output)
+  reference   {file, sha256, ...}: a few test inputs and the PyTorch logits of every exit
+  build       backend, precision, opset, versions {onnx, onnxruntime, torch, python},
+              device {machine, processor, system}
+  provenance  git_commit, dataset, config_sha256, checkpoint
+
+This module checks the shape of that document and where its paths point; engine_dir.py checks the
+files themselves (existence, hashes) and the build stamp. Every refusal is one EdgeError line, subject
+first: the file it is about, then the reason.
+"""
+import json
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from edge_runtime.errors import EdgeError, Exit
+
+SCHEMA = "edge-engines"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CONTROLLER_FILES = ("predictor", "policy", "policy_arrays", "projection")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def bad(reason: str, exit: Exit = Exit.CORRUPT) -> EdgeError:
+    return EdgeError(f"{MANIFEST} | {reason}", exit)
+
+
+def read_manifest(root) -> dict:
+    """The parsed, schema-checked manifest of the engine directory `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise EdgeError(f"{root} | not a directory (an engine directory holds {MANIFEST})", Exit.NOT_FOUND)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise EdgeError(f"{path} | missing: not an engine directory (make one with: edge-model export "
+                        f"--checkpoint DIR --out {root})", Exit.NOT_FOUND)
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise bad(f"not valid JSON ({err})") from None
+    return validate(manifest)
+
+
+def need(obj: dict, key: str, kind, where: str):
+    """obj[key], which must be a `kind`; bool never passes for int."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
+    if not ok:
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise bad(f"{where}{key} missing or not a {names}")
+    return value
+
+
+def file_ref(obj: dict, where: str) -> dict:
+    """A {file, sha256} entry: a relative path and a lowercase hex digest."""
+    need(obj, "file", str, where)
+    if not SHA256.match(need(obj, "sha256", str, where)):
+        raise bad(f"{where}sha256 is not 64 lowercase hex digits")
+    return obj
+
+
+def io_list(values, where: str) -> list:
+    if not isinstance(values, list) or not values:
+        raise bad(f"{where} missing or empty")
+    for i, v in enumerate(values):
+        at = f"{where}[{i}]."
+        need(v, "name", str, at)
+        need(v, "dtype", str, at)
+        shape = need(v, "shape", list, at)
+        if not all(isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in shape):
+            raise bad(f"{at}shape {shape} must hold axis names and positive ints")
+    return values
+
+
+def validate(m) -> dict:
+    """Check the schema name and version first (a newer writer gets its own message), then the structure."""
+    if not isinstance(m, dict):
+        raise bad("not a JSON object")
+    if m.get("schema") != SCHEMA:
+        raise bad(f"schema {m.get('schema')!r}, expected {SCHEMA!r} (not an engine manifest)")
+    version = m.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise bad(f"schema_version {version!r}, this runtime reads {SCHEMA_VERSION} "
+                  "(export again with a matching edge-model, or install the matching edge-runtime)")
+    need(m, "name", str, "")
+    task = need(m, "task", dict, "")
+    if need(task, "kind", str, "task.") not in ("image", "text"):
+        raise bad(f"task.kind {task['kind']!r}, expected 'image' or 'text'")
+    need(task, "labels", list, "task.")
+    need(task, "preprocess", dict, "task.")
+    if task["kind"] == "text":
+        file_ref(need(task, "tokenizer", dict, "task."), "task.tokenizer.")
+
+    segments = need(m, "segments", list, "")
+    if not segments:
+        raise bad("segments is empty")
+    for i, s in enumerate(segments):
+        at = f"segments[{i}]."
+        if need(s, "index", int, at) != i:
+            raise bad(f"{at}index {s['index']}, expected {i} (segments are listed in chain order)")
+        for key in ("exit", "bytes", "flops", "params"):
+            need(s, key, int, at)
+        file_ref(s, at)
+        io_list(s.get("inputs"), at + "inputs")
+        io_list(s.get("outputs"), at + "outputs")
+
+    variants = need(m, "variants", list, "")
+    if not variants:
+        raise bad("variants is empty")
+    for i, v in enumerate(variants):
+        at = f"variants[{i}]."
+        need(v, "depth", int, at)
+        k = need(v, "exit_index", int, at)
+        chain = need(v, "chain", list, at)
+        # the runtime feeds segment k's hidden_out to segment k + 1: a chain is always 0..k
+        if not 0 <= k < len(segments) or chain != list(range(k + 1)):
+            raise bad(f"{at}chain {chain} with exit_index {k}: expected segments 0..{k} of {len(segments)}")
+        if v["depth"] != segments[k]["exit"]:
+            raise bad(f"{at}depth {v['depth']}, but segment {k} ends at exit {segments[k]['exit']}")
+        need(v, "flops", int, at)
+        need(v, "val_accuracy", (int, float), at)
+        if v.get("latency_ms") is not None:
+            need(v, "latency_ms", (int, float), at)
+
+    controller = need(m, "controller", dict, "")
+    for key in CONTROLLER_FILES:
+        file_ref(need(controller, key, dict, "controller."), f"controller.{key}.")
+    features = need(controller, "features", dict, "controller.")
+    need(features, "names", list, "controller.features.")
+    need(features, "projection_dims", int, "controller.features.")
+    file_ref(need(m, "reference", dict, ""), "reference.")
+
+    build = need(m, "build", dict, "")
+    for key in ("backend", "precision"):
+        need(build, key, str, "build.")
+    need(build, "opset", int, "build.")
+    need(build, "versions", dict, "build.")
+    need(build, "device", dict, "build.")
+    need(m, "provenance", dict, "")
+    return m
+
+
+def file_refs(m: dict) -> list:
+    """(where in the manifest, {file, sha256}) for every file the engine directory must hold."""
+    refs = [(f"segments[{s['index']}]", s) for s in m["segments"]]
+    refs += [(f"controller.{key}", m["controller"][key]) for key in CONTROLLER_FILES]
+    refs.append(("reference", m["reference"]))
+    if m["task"]["kind"] == "text":
+        refs.append(("task.tokenizer", m["task"]["tokenizer"]))
+    return refs
+
+
+def confined(root: Path, rel: str, where: str) -> Path:
+    """The path `rel` names inside `root`; refuses absolute paths, '..' and links that lead outside."""
+    if not rel or "\\" in rel or PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() \
+            or PureWindowsPath(rel).drive:
+        raise EdgeError(f"{rel or repr(rel)} | not a relative path inside the engine directory "
+                        f"(manifest {where}.file)", Exit.CORRUPT)
+    if ".." in PurePosixPath(rel).parts:
+        raise EdgeError(f"{rel} | '..' leaves the engine directory (manifest {where}.file)", Exit.CORRUPT)
+    path = root / rel
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise EdgeError(f"{rel} | resolves outside the engine directory, to {path.resolve()} "
+                        f"(manifest {where}.file)", Exit.CORRUPT)
+    return path

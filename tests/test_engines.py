@@ -1,0 +1,271 @@
+"""The engine directory end to end: export the digits checkpoint, check it through the runtime, and see the
+loader refuse every kind of damage in one line (HTTPie-style in-process CLI runs)."""
+import contextlib
+import hashlib
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from edge_runtime import cli as infer_cli
+from edge_runtime.errors import EdgeError, Exit
+
+
+def run_infer(*args) -> tuple:
+    """(stdout, stderr, exit code) of `edge-infer ARGS...`, run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = infer_cli.main([str(a) for a in args])
+        except SystemExit as exc:   # argparse: --help and usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return out.getvalue(), err.getvalue(), code
+
+
+def assert_refused(result, code: Exit, *words):
+    out, err, exit_code = result
+    assert exit_code == code, f"exit {exit_code!r}, wanted {code!r}; stderr: {err!r}"
+    assert "Traceback" not in err + out
+    lines = err.splitlines()
+    assert len(lines) == 1, f"stderr is not one line: {err!r}"
+    assert lines[0].startswith("edge-infer: ")
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+
+
+@pytest.fixture(scope="session")
+def exported(digits_ckpt, tmp_path_factory):
+    """(checkpoint, engine dir): a tiny controller fitted on a copy of the digits checkpoint, then exported."""
+    root = tmp_path_factory.mktemp("engines")
+    ckpt = root / "ckpt"
+    shutil.copytree(digits_ckpt, ckpt)
+    for args in (("cache-exits", "--checkpoint", ckpt),
+                 ("fit-controller", "--checkpoint", ckpt, "--updates", "3", "--episodes", "128", "--minibatch",
+                  "128", "--hidden", "8", "--no-progress"),
+                 ("export", "--checkpoint", ckpt, "--out", root / "engines" / "digits", "--no-progress")):
+        out, err, code = run_cli(*args)
+        assert code == Exit.OK, (args[0], err)
+    assert "edge-infer check --engine-dir" in out
+    return ckpt, root / "engines" / "digits"
+
+
+@pytest.fixture
+def engine_copy(exported, tmp_path):
+    """A private copy of the engine directory, free to damage."""
+    dst = tmp_path / "digits"
+    shutil.copytree(exported[1], dst)
+    return dst
+
+
+def edit_manifest(engine_dir, change):
+    path = engine_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_export_writes_a_complete_verified_directory(exported):
+    ckpt, engines = exported
+    m = json.loads((engines / "manifest.json").read_text())
+    assert (m["schema"], m["schema_version"], m["name"]) == ("edge-engines", 1, "digits")
+    assert [s["exit"] for s in m["segments"]] == [1, 2, 3, 4]
+    assert [v["chain"] for v in m["variants"]] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
+    flops = [v["flops"] for v in m["variants"]]
+    assert flops == sorted(flops) and flops[-1] == sum(s["flops"] for s in m["segments"])
+    assert all(0 < v["val_accuracy"] <= 1 and v["latency_ms"] is None for v in m["variants"])
+    refs = m["segments"] + [m["controller"][k] for k in ("predictor", "policy", "policy_arrays", "projection")] \
+        + [m["reference"]]
+    for r in refs:
+        assert "/" not in r["file"] and (engines / r["file"]).is_file()
+        assert hashlib.sha256((engines / r["file"]).read_bytes()).hexdigest() == r["sha256"]
+    assert m["segments"][0]["inputs"][0]["name"] == "pixels"
+    assert m["controller"]["features"]["projection_dims"] == len(m["controller"]["features"]["names"]) - 6
+    assert set(m["build"]["versions"]) == {"onnx", "onnxruntime", "torch", "python"}
+    assert (m["build"]["backend"], m["build"]["precision"], m["build"]["opset"]) == ("onnxruntime", "fp32", 17)
+    prov = m["provenance"]
+    assert prov["config_sha256"] == hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()
+    assert prov["dataset"] == "digits" and not prov["checkpoint"].startswith("/")
+    assert not list(engines.parent.glob(".digits.*")), "a temporary directory was left behind"
+
+
+def test_check_passes(exported):
+    out, err, code = run_infer("check", "--engine-dir", exported[1], "--threads", "1")
+    assert code == Exit.OK and err == "", err
+    rows = [line for line in out.splitlines() if line.endswith(("PASS", "FAIL"))]
+    assert len(rows) == 5 and all(r.endswith("PASS") for r in rows)   # 4 variants + the projection
+    assert out.splitlines()[-1].startswith("PASS: 5 of 5")
+
+
+def test_check_reports_a_mismatch_and_fails(exported, tmp_path):
+    report = tmp_path / "check.json"
+    out, err, code = run_infer("check", "--engine-dir", exported[1], "--threads", "1", "--atol", "0", "--rtol", "0",
+                               "--fail-fast", "--json", report)
+    assert_refused((out, err, code), Exit.CORRUPT, "out of tolerance", "depth 1 logits")
+    assert out.splitlines()[-1].startswith("FAIL: 0 of 1")
+    results = json.loads(report.read_text())
+    assert results["passed"] is False and results["stopped_early"] and len(results["results"]) == 1
+
+
+def test_every_variant_agrees_with_pytorch(exported):
+    """The runtime's argmax equals the checkpoint's own PyTorch argmax, recomputed here, for every variant."""
+    import torch
+
+    from edge_model.checkpoint import load_checkpoint
+    from edge_runtime.backends.ort import OrtBackend
+    from edge_runtime.check import run_chain
+    from edge_runtime.engine_dir import EngineDir
+    ckpt, engines = exported
+    engine = EngineDir.open(engines)
+    ref = engine.reference()
+    model, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        torch_logits = torch.stack(model.forward_exits(torch.from_numpy(ref["pixels"])), 1).numpy()
+    np.testing.assert_allclose(ref["logits"], torch_logits, atol=1e-6)
+    with OrtBackend(engine.graphs(), intra_op_num_threads=1) as backend:
+        for v in engine.variants:
+            logits = run_chain(backend, engine, v["chain"], {"pixels": ref["pixels"]})[-1]["logits"]
+            assert (logits.argmax(-1) == torch_logits[:, v["exit_index"]].argmax(-1)).all(), v["depth"]
+
+
+def test_projection_reproduces_the_fitted_features(exported):
+    """Segment 0's output through projection.npz equals the cached post-affine vector times the fitted P."""
+    from edge_model.exits import load_exits
+    from edge_runtime.backends.ort import OrtBackend
+    from edge_runtime.engine_dir import EngineDir
+    ckpt, engines = exported
+    engine = EngineDir.open(engines)
+    ref = engine.reference()
+    n = len(ref["pixels"])
+    with np.load(ckpt / "controller" / "predictor.npz") as z:
+        expected = load_exits(ckpt, "test")["first_pooled"][:n] @ z["projection"]
+    with OrtBackend(engine.graphs(), intra_op_num_threads=1) as backend:
+        hidden = backend.run_segment("segment_0", {"pixels": ref["pixels"]})["hidden_out"]
+    np.testing.assert_allclose(engine.projection()(hidden), expected, atol=1e-4)
+
+
+def test_info(exported):
+    out, err, code = run_infer("info", "--engine-dir", exported[1])
+    assert code == Exit.OK and err == ""
+    assert "fits the build stamp" in out and "digits-vit-tiny" in out
+    assert "| 4 | 0 1 2 3 |" in out
+
+
+def test_info_reports_a_build_that_does_not_fit(engine_copy):
+    edit_manifest(engine_copy, lambda m: m["build"].update(backend="tensorrt"))
+    out, err, code = run_infer("info", "--engine-dir", engine_copy)
+    assert code == Exit.OK and "does NOT fit" in out and "tensorrt" in out
+
+
+def flip_byte(d):
+    f = d / "segment_1.onnx"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+
+
+def outside_link(d):
+    outside = d.parent / "elsewhere.onnx"
+    shutil.copyfile(d / "segment_0.onnx", outside)
+    (d / "segment_0.onnx").unlink()
+    (d / "segment_0.onnx").symlink_to(outside)
+
+
+REFUSALS = {
+    "byte-changed": (flip_byte, Exit.CORRUPT, ["segment_1.onnx | sha256 mismatch (manifest "]),
+    "file-missing": (lambda d: (d / "policy.onnx").unlink(), Exit.NOT_FOUND, ["policy.onnx | missing"]),
+    "dot-dot": (lambda d: edit_manifest(d, lambda m: m["segments"][0].update(file="../digits/segment_0.onnx")),
+                Exit.CORRUPT, ["../digits/segment_0.onnx | '..' leaves the engine directory"]),
+    "absolute": (lambda d: edit_manifest(d, lambda m: m["reference"].update(file=str(d / "reference.npz"))),
+                 Exit.CORRUPT, ["not a relative path", "reference.file"]),
+    "link-outside": (outside_link, Exit.CORRUPT, ["segment_0.onnx | resolves outside"]),
+    "schema-version": (lambda d: edit_manifest(d, lambda m: m.update(schema_version=2)),
+                       Exit.CORRUPT, ["manifest.json | schema_version 2, this runtime reads 1"]),
+    "other-schema": (lambda d: edit_manifest(d, lambda m: m.update(schema="something")),
+                     Exit.CORRUPT, ["manifest.json | schema 'something'"]),
+    "other-backend": (lambda d: edit_manifest(d, lambda m: m["build"].update(backend="tensorrt")),
+                      Exit.BAD_INPUT, ["manifest.json | build stamp: backend tensorrt"]),
+    "newer-onnxruntime": (lambda d: edit_manifest(d, lambda m: m["build"]["versions"].update(onnxruntime="1.999.0")),
+                          Exit.BAD_INPUT, ["build stamp: onnxruntime 1.999.0", "needs 1.999"]),
+    "bad-chain": (lambda d: edit_manifest(d, lambda m: m["variants"][2].update(chain=[0, 2])),
+                  Exit.CORRUPT, ["variants[2].chain [0, 2]"]),
+    "not-json": (lambda d: (d / "manifest.json").write_text("{"), Exit.CORRUPT, ["manifest.json | not valid JSON"]),
+}
+
+
+@pytest.mark.parametrize("damage", REFUSALS, ids=list(REFUSALS))
+def test_refusals_are_one_line(engine_copy, damage):
+    change, code, words = REFUSALS[damage]
+    change(engine_copy)
+    assert_refused(run_infer("check", "--engine-dir", engine_copy), code, *words)
+
+
+def test_not_an_engine_directory(tmp_path):
+    assert_refused(run_infer("info", "--engine-dir", tmp_path), Exit.NOT_FOUND, "manifest.json | missing")
+    assert_refused(run_infer("check", "--engine-dir", tmp_path / "absent"), Exit.NOT_FOUND, "not a directory")
+
+
+def test_backend_checks_its_use_and_its_inputs(exported):
+    from edge_runtime.backends.base import BackendStateError
+    from edge_runtime.backends.ort import OrtBackend
+    from edge_runtime.engine_dir import EngineDir
+    engine = EngineDir.open(exported[1])
+    backend = OrtBackend(engine.graphs(), intra_op_num_threads=1)
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    with pytest.raises(BackendStateError):
+        backend.run_segment("segment_0", {"pixels": x})
+    with backend:
+        with pytest.raises(BackendStateError):
+            backend.open()
+        out = backend.run_segment("segment_0", {"pixels": x})
+        assert out["logits"].shape == (2, 10) and out["hidden_out"].shape == (2, 16, 32)
+        assert backend.last_latency > 0
+        for feed, words in [({"pixels": x.astype(np.float64)}, "input 'pixels' | dtype float64, expected float32"),
+                            ({"pixels": x[:, :, :4]}, "input 'pixels' | shape (2, 1, 4, 8), expected (batch, 1, 8, 8)"),
+                            ({}, "input 'pixels' | missing"),
+                            ({"pixels": x, "mask": x}, "input 'mask' | not an input of segment_0"),
+                            ({"pixels": x.tolist()}, "a list, expected a numpy array")]:
+            with pytest.raises(EdgeError, match=re.escape(words)):
+                backend.run_segment("segment_0", feed)
+        with pytest.raises(EdgeError, match=re.escape("segment 'segment_9' | not in this engine directory")):
+            backend.run_segment("segment_9", {"pixels": x})
+    assert not backend.is_open
+    with pytest.raises(BackendStateError):
+        backend.close()
+
+
+def test_providers_are_checked_before_and_after(exported, monkeypatch):
+    import onnxruntime as ort
+
+    from edge_runtime.backends.ort import OrtBackend
+    from edge_runtime.engine_dir import EngineDir
+    graphs = EngineDir.open(exported[1]).graphs()
+    with pytest.raises(EdgeError, match=re.escape("provider 'NoSuchExecutionProvider' | not available")) as err:
+        OrtBackend(graphs, providers=["NoSuchExecutionProvider"]).open()
+    assert "CPUExecutionProvider" in str(err.value)
+
+    class CpuOnlySession:   # what onnxruntime-gpu does when CUDA cannot start: runs on the CPU, quietly
+        def __init__(self, path, options, providers):
+            pass
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", CpuOnlySession)
+    with pytest.raises(EdgeError, match=re.escape("segment_0.onnx | onnxruntime fell back")):
+        OrtBackend(graphs, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]).open()
+
+
+def test_export_refusals(digits_copy, tmp_path):
+    _, err, code = run_cli("export", "--checkpoint", digits_copy, "--out", tmp_path / "engines" / "x", "--no-progress")
+    assert code == Exit.NOT_FOUND and err.count("\n") == 1 and "fit-controller" in err
+    assert not (tmp_path / "engines" / "x").exists() and not list((tmp_path / "engines").iterdir())
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    _, err, code = run_cli("export", "--checkpoint", digits_copy, "--out", tmp_path / "notes", "--no-progress")
+    assert code == Exit.BAD_INPUT and "not an engine directory" in err
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
