@@ -104,7 +104,7 @@ def test_check_reports_a_mismatch_and_fails(exported, tmp_path):
     report = tmp_path / "check.json"
     out, err, code = run_infer("check", "--engine-dir", exported[1], "--threads", "1", "--atol", "0", "--rtol", "0",
                                "--fail-fast", "--json", report)
-    assert_refused((out, err, code), Exit.CORRUPT, "out of tolerance", "depth 1 logits")
+    assert_refused((out, err, code), Exit.MISMATCH, "out of tolerance", "depth 1 logits")
     assert out.splitlines()[-1].startswith("FAIL: 0 of 1")
     results = json.loads(report.read_text())
     assert results["passed"] is False and results["stopped_early"] and len(results["results"]) == 1
