@@ -31,6 +31,17 @@ def cmd_check(args) -> int:
     return Exit.OK
 
 
+def cmd_build(args) -> int:
+    from edge_runtime.backends import BackendOptions
+    from edge_runtime.build import BuildOptions, build_engines, build_summary
+    options, backend = BuildOptions.from_args(args), BackendOptions.from_args(args)
+    print(f"build {args.engine_dir}: onnxruntime {options.precision}, scored against the exported segments, "
+          f"tolerance {options.tolerance:g} points", flush=True)
+    entry = build_engines(args.engine_dir, options, backend)
+    print(build_summary(entry, args.engine_dir))
+    return Exit.OK
+
+
 def cmd_info(args) -> int:
     from edge_runtime.engine_dir import EngineDir, describe
     # the build stamp is reported, not enforced: info is how one finds out why check refuses
@@ -40,6 +51,7 @@ def cmd_info(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.backends import BackendOptions
+    from edge_runtime.build import BuildOptions
     from edge_runtime.check import CheckOptions
     p = argparse.ArgumentParser(prog="edge-infer", description="Adaptive-depth inference on the device.")
     p.add_argument("--version", action="version", version=f"edge-infer {__version__}")
@@ -51,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     BackendOptions.add_args(c)
     c.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     c.set_defaults(func=cmd_check)
+    b = sub.add_parser("build", help="ONNX Runtime builds: optimised fp32 or INT8 (QDQ), scored and recorded")
+    b.add_argument("--engine-dir", required=True, metavar="DIR")
+    BuildOptions.add_args(b)
+    BackendOptions.add_args(b)
+    b.set_defaults(func=cmd_build)
     i = sub.add_parser("info", help="manifest summary, provenance, variants, and whether the build fits here")
     i.add_argument("--engine-dir", required=True, metavar="DIR")
     i.set_defaults(func=cmd_info)

@@ -159,6 +159,8 @@ def file_refs(m: dict) -> list:
     refs.append(("reference", m["reference"]))
     if m["task"]["kind"] == "text":
         refs.append(("task.tokenizer", m["task"]["tokenizer"]))
+    for i, build in enumerate(m.get("builds", [])):
+        refs += [(f"builds[{i}].files[{j}]", f) for j, f in enumerate(build.get("files", []))]
     return refs
 
 

@@ -1,0 +1,408 @@
+"""`edge-infer build`: ONNX Runtime builds of an engine directory, written beside its exported segments.
+
+  fp32   segment_K.opt.onnx    ONNX Runtime's graph optimisations, applied once and saved
+                               (SessionOptions.optimized_model_filepath). ORT_ENABLE_EXTENDED unless its
+                               fusions leave operators outside the ai.onnx domain (contrib ops some execution
+                               providers lack): then ORT_ENABLE_BASIC, and the build records why.
+  int8   segment_K.int8.onnx   static quantisation in QDQ format (onnxruntime.quantization.quantize_static):
+                               per-channel int8 weights; activations calibrated on the samples of
+                               calibration/NAME.txt (edge_runtime.calibration), segment k on segment k-1's
+                               fp32 outputs, as the chain will feed it; MinMax, Entropy or Percentile ranges,
+                               cached beside the list.
+
+Every variant of the build is scored on the calibration set's validation split next to the exported fp32
+segments, in the same run, with the same inputs: accuracy, agreement with PyTorch's argmax, and batch-1
+latency (engine time, median, the two interleaved). A variant that loses more than `--tolerance` points
+refuses the build in one line, and nothing is written. Otherwise the files are moved into the engine
+directory and the manifest gains (or replaces) one entry of its `builds` list (record_build):
+
+  builds  [{backend, precision, opset, files [{segment, file, sha256, bytes}], bytes, export_bytes, size_ratio,
+            optimization | quantization, validation, tolerance_points, variants [{depth, val_accuracy,
+            export_val_accuracy, delta_points, torch_agreement, export_torch_agreement, latency_ms,
+            export_latency_ms, latency_ratio}], versions, device}]
+
+`open_build(engine, precision)` returns the built graphs, each checked against its sha256, for a Backend.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.backends import BackendOptions, lazy_import, resolve
+from edge_runtime.calibration import DEFAULT_DIR, METHODS, ChainReader, cache_path, read_calibration
+from edge_runtime.check import run_chain
+from edge_runtime.engine_dir import EngineDir, GraphSpec, sha256_file
+from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.manifest import MANIFEST, confined, file_ref, need, read_manifest, validate
+
+PRECISIONS = {"fp32": "opt", "int8": "int8"}   # precision -> the infix of its files: segment_K.<infix>.onnx
+OPT_LEVELS = ("extended", "basic")
+PORTABLE_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class BuildOptions:
+    precision: str = "fp32"
+    calib: str = None              # calibration/NAME.txt; None: calibration/<engine name>.txt
+    calib_method: str = None       # None: the list's method
+    tolerance: float = 1.0         # accuracy points a variant may lose against the exported fp32 segments
+    opt_level: str = "extended"
+    calib_batch: int = 32
+    eval_batch: int = 256
+    latency_runs: int = 50
+    progress: bool = True
+
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("build")
+        g.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                       help="fp32: optimised graphs; int8: static QDQ quantisation (default fp32)")
+        g.add_argument("--calib", default=None, metavar="FILE",
+                       help="calibration list with its validation split (default calibration/<engine name>.txt)")
+        g.add_argument("--calib-method", choices=METHODS, default=None,
+                       help="calibration ranges (default: the list's method)")
+        g.add_argument("--tolerance", type=float, default=1.0, metavar="POINTS",
+                       help="refuse the build when a variant loses more validation accuracy (default 1.0)")
+        g.add_argument("--opt-level", choices=OPT_LEVELS, default="extended",
+                       help="fp32 graph optimisation (extended falls back to basic when not portable)")
+        g.add_argument("--latency-runs", type=int, default=50, metavar="N",
+                       help="batch-1 runs per variant for the latency ratio (default 50)")
+        g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    @classmethod
+    def from_args(cls, ns) -> "BuildOptions":
+        if not ns.tolerance == ns.tolerance:   # NaN would pass every comparison
+            raise EdgeError(f"--tolerance {ns.tolerance} | must be a number", Exit.BAD_INPUT)
+        if ns.latency_runs < 1:
+            raise EdgeError(f"--latency-runs {ns.latency_runs} | must be at least 1", Exit.BAD_INPUT)
+        return cls(ns.precision, ns.calib, ns.calib_method, ns.tolerance, ns.opt_level,
+                   latency_runs=ns.latency_runs, progress=not ns.no_progress)
+
+
+def need_onnx():
+    """onnx reads and writes the built graphs (and onnxruntime.quantization needs it)."""
+    try:
+        import onnx
+    except ImportError:
+        raise EdgeError("onnx | not installed here; edge-infer build needs it (pip install 'onnx>=1.15')",
+                        Exit.NOT_FOUND) from None
+    return onnx
+
+
+def cpu_has_vnni() -> bool:
+    """x86 8-bit dot products without saturation (ONNX Runtime's advice on reduce_range)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in (" avx512_vnni", " avx_vnni", " amx_int8"))
+
+
+def int8_settings() -> dict:
+    """ONNX Runtime's CPU advice (quantize_static's docstring): uint8 activations and int8 weights on x86,
+    reduced range without VNNI; symmetric int8 for both elsewhere (ARM, and what TensorRT wants)."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
+    return {"format": "QDQ", "per_channel": True, "weights": "int8",
+            "activations": "uint8" if x86 else "int8", "reduce_range": x86 and not cpu_has_vnni()}
+
+
+def optimize_segment(ort, onnx, src: Path, dst: Path, level: str) -> dict:
+    """Save ONNX Runtime's optimised graph of `src` at `level`, falling back to basic when extended
+    leaves non-portable operators; unused opset imports ORT adds are dropped."""
+    levels = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
+    note = ""
+    for lvl in (level, "basic") if level == "extended" else (level,):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = levels[lvl]
+        opts.optimized_model_filepath = str(dst)
+        opts.intra_op_num_threads, opts.log_severity_level = 1, 3
+        ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(dst))
+        foreign = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in PORTABLE_DOMAINS})
+        if not foreign:
+            break
+        note = f"extended gave {', '.join(foreign)}: basic keeps the file portable"
+    else:
+        raise RuntimeError(f"{src.name} | basic optimisation left non-portable operators: {', '.join(foreign)}")
+    used = {n.domain for n in model.graph.node} | {""}
+    keep = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    onnx.save(model, str(dst))
+    return {"level": lvl, "note": note}
+
+
+def quantize_segment(onnx, src: Path, dst: Path, feed: dict, method: str, settings: dict, cache: Path,
+                     batch: int) -> bool:
+    """QDQ int8 `dst` from `src`, calibrated on `feed`; returns whether the range cache was reused."""
+    import contextlib
+    import io
+    import logging
+    q = lazy_import("onnxruntime.quantization", extra="runtime")
+    methods = {"minmax": q.CalibrationMethod.MinMax, "entropy": q.CalibrationMethod.Entropy,
+               "percentile": q.CalibrationMethod.Percentile}
+    types = {"int8": q.QuantType.QInt8, "uint8": q.QuantType.QUInt8}
+    hit = cache.is_file()
+    pre = dst.with_name(dst.stem + ".pre.onnx")
+    logging.disable(logging.WARNING)   # quantize_static logs advice through the root logger,
+    try:                               # and the histogram calibrators print their progress
+        with contextlib.redirect_stdout(io.StringIO()):
+            # symbolic shape inference + basic optimisation: what ORT's quantizer expects to start from
+            lazy_import("onnxruntime.quantization.shape_inference").quant_pre_process(str(src), str(pre))
+            q.quantize_static(str(pre), str(dst), ChainReader(feed, batch), quant_format=q.QuantFormat.QDQ,
+                              per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                              activation_type=types[settings["activations"]], weight_type=types[settings["weights"]],
+                              calibrate_method=methods[method], calibration_providers=["CPUExecutionProvider"],
+                              calibration_cache_path=str(cache))
+    finally:
+        logging.disable(logging.NOTSET)
+        pre.unlink(missing_ok=True)
+    onnx.checker.check_model(str(dst))
+    return hit
+
+
+def calibration_feeds(backend, engine: EngineDir, inputs: dict, batch: int) -> list:
+    """[{input name: array}] per segment: the raw inputs for segment 0, segment k-1's fp32 outputs after."""
+    chain = [s["index"] for s in engine.segments]
+    rows = len(next(iter(inputs.values())))
+    parts = [run_chain(backend, engine, chain, {k: v[s:s + batch] for k, v in inputs.items()})
+             for s in range(0, rows, batch)]
+    feeds = []
+    for k, seg in enumerate(engine.segments):
+        feed = {}
+        for i in seg["inputs"]:
+            name = i["name"]
+            feed[name] = (np.concatenate([p[k - 1]["hidden_out"] for p in parts]) if name == "hidden"
+                          else inputs[name])
+        feeds.append(feed)
+    return feeds
+
+
+def predictions(backend, engine: EngineDir, inputs: dict, batch: int) -> np.ndarray:
+    """(N, segments) argmax of every exit: the full chain once per batch scores every variant."""
+    chain = [s["index"] for s in engine.segments]
+    rows = len(next(iter(inputs.values())))
+    out = []
+    for s in range(0, rows, batch):
+        outs = run_chain(backend, engine, chain, {k: v[s:s + batch] for k, v in inputs.items()})
+        out.append(np.stack([o["logits"].argmax(-1) for o in outs], 1))
+    return np.concatenate(out)
+
+
+def chain_seconds(backend, engine: EngineDir, chain: list, inputs: dict) -> float:
+    """Engine time of one pass along `chain` (the sum of each segment's last_latency)."""
+    graphs, prev, total = engine.graphs(), None, 0.0
+    for k in chain:
+        name = f"segment_{k}"
+        feed = {i["name"]: prev["hidden_out"] if i["name"] == "hidden" else inputs[i["name"]]
+                for i in graphs[name].inputs}
+        prev = backend.run_segment(name, feed)
+        total += backend.last_latency
+    return total
+
+
+def batch1_latency(backends: list, engine: EngineDir, inputs: dict, runs: int) -> list:
+    """[{depth: median ms}] per backend; the backends alternate run by run, so load hits both alike."""
+    one = {k: np.ascontiguousarray(v[:1]) for k, v in inputs.items()}
+    result = [{} for _ in backends]
+    for v in engine.variants:
+        for b in backends:   # warm up: first runs allocate
+            for _ in range(3):
+                chain_seconds(b, engine, v["chain"], one)
+        times = [[] for _ in backends]
+        for _ in range(runs):
+            for t, b in zip(times, backends):
+                t.append(chain_seconds(b, engine, v["chain"], one))
+        for r, t in zip(result, times):
+            r[v["depth"]] = float(np.median(t) * 1e3)
+    return result
+
+
+def record_build(root, entry: dict) -> dict:
+    """The one writer of `builds`: add `entry` to the manifest (replacing the one of its precision),
+    validate, write to a temp name and rename. Returns the manifest."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    builds = [b for b in manifest.get("builds", []) if b.get("precision") != entry["precision"]] + [entry]
+    manifest["builds"] = sorted(builds, key=lambda b: list(PRECISIONS).index(b["precision"])
+                                if b.get("precision") in PRECISIONS else len(PRECISIONS))
+    validate(manifest)
+    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, root / MANIFEST)
+    return manifest
+
+
+def open_build(engine: EngineDir, precision: str) -> dict:
+    """{"segment_K": GraphSpec} of the engine directory's `precision` build, every file hash-checked.
+
+    Args:
+        engine: an opened EngineDir.
+        precision: fp32 or int8.
+    """
+    builds = engine.manifest.get("builds", [])
+    if not isinstance(builds, list):
+        raise EdgeError(f"{MANIFEST} | builds is not a list", Exit.CORRUPT)
+    found = [(i, b) for i, b in enumerate(builds) if isinstance(b, dict) and b.get("precision") == precision]
+    if not found:
+        raise EdgeError(f"{MANIFEST} | no {precision} build (make one: edge-infer build --engine-dir "
+                        f"{engine.root} --precision {precision})", Exit.NOT_FOUND)
+    at, build = found[0]
+    files = need(build, "files", list, f"builds[{at}].")
+    if len(files) != len(engine.segments):
+        raise EdgeError(f"{MANIFEST} | builds[{at}] lists {len(files)} files for {len(engine.segments)} segments",
+                        Exit.CORRUPT)
+    graphs = {}
+    for seg, ref in zip(engine.segments, files):
+        where = f"builds[{at}].files[{seg['index']}]"
+        file_ref(ref, where + ".")
+        path = confined(engine.root, ref["file"], where)
+        if not path.is_file():
+            raise EdgeError(f"{ref['file']} | missing (listed in manifest {where}.file)", Exit.NOT_FOUND)
+        got = sha256_file(path)
+        if got != ref["sha256"]:
+            raise EdgeError(f"{ref['file']} | sha256 mismatch (manifest {ref['sha256'][:8]}…, file {got[:8]}…)",
+                            Exit.CORRUPT)
+        name = f"segment_{seg['index']}"
+        graphs[name] = GraphSpec(name, path, seg["inputs"], seg["outputs"])
+    return graphs
+
+
+def write_graphs(engine: EngineDir, tmp: Path, options: BuildOptions, calib, feeds, ort, onnx) -> tuple:
+    """Every segment's built graph into `tmp`, a progress bar over segments. Returns (graphs, files, details):
+    the GraphSpecs to score, the manifest's file entries, and how they were made."""
+    from tqdm import tqdm
+    precision, infix = options.precision, PRECISIONS[options.precision]
+    method = options.calib_method or calib.method
+    settings = int8_settings()
+    graphs, files, steps, caches = {}, [], [], []
+    for seg in tqdm(engine.segments, desc=f"{precision} build", unit="segment", file=sys.stderr,
+                    disable=not options.progress):
+        src, dst = engine.file(seg["file"]), tmp / f"segment_{seg['index']}.{infix}.onnx"
+        if precision == "fp32":
+            steps.append(optimize_segment(ort, onnx, src, dst, options.opt_level))
+        else:
+            cache = cache_path(calib, method, seg, {**settings, "ort": ort.__version__})
+            hit = quantize_segment(onnx, src, dst, feeds[seg["index"]], method, settings, cache, options.calib_batch)
+            caches.append({"file": os.path.relpath(cache.resolve()), "reused": hit})
+        name = f"segment_{seg['index']}"
+        graphs[name] = GraphSpec(name, dst, seg["inputs"], seg["outputs"])
+        files.append({"segment": seg["index"], "file": dst.name, "sha256": sha256_file(dst),
+                      "bytes": dst.stat().st_size})
+    if precision == "fp32":
+        details = {"optimization": {"level": "/".join(sorted({s["level"] for s in steps})),
+                                    "requested": options.opt_level,
+                                    "notes": sorted({s["note"] for s in steps if s["note"]})}}
+    else:
+        details = {"quantization": {**settings, "calibration": {
+            "list": os.path.relpath(calib.path.resolve()), "method": method, "samples": len(calib.calib_indices),
+            "split": calib.calib_split, "seed": calib.calib_seed, "batch": options.calib_batch,
+            "inputs": "segment 0: the samples; segment k: segment k-1's fp32 outputs", "cache": caches}}}
+    return graphs, files, details
+
+
+def score_variants(engine: EngineDir, base, built, data: dict, options: BuildOptions) -> list:
+    """Per variant: the build's and the export's validation accuracy, agreement with PyTorch, batch-1 latency."""
+    got = predictions(built, engine, data["val"], options.eval_batch)
+    ref = predictions(base, engine, data["val"], options.eval_batch)
+    lat, lat_ref = batch1_latency([built, base], engine, data["val"], options.latency_runs)
+    labels, torch_pred = data["val_labels"], data["val_torch_pred"]
+    rows = []
+    for v in engine.variants:
+        k, d = v["exit_index"], v["depth"]
+        acc, acc_ref = float((got[:, k] == labels).mean()), float((ref[:, k] == labels).mean())
+        rows.append({"depth": d, "val_accuracy": acc, "export_val_accuracy": acc_ref,
+                     "delta_points": (acc - acc_ref) * 100,
+                     "torch_agreement": float((got[:, k] == torch_pred[:, k]).mean()),
+                     "export_torch_agreement": float((ref[:, k] == torch_pred[:, k]).mean()),
+                     "latency_ms": lat[d], "export_latency_ms": lat_ref[d], "latency_ratio": lat[d] / lat_ref[d]})
+    return rows
+
+
+def build_engines(engine_dir, options: BuildOptions = BuildOptions(),
+                  backend_options: BackendOptions = BackendOptions()) -> dict:
+    """Build, score and record one precision of an engine directory (module docstring).
+
+    Args:
+        engine_dir: an exported engine directory; the built files land in it.
+        options: precision, calibration list and method, tolerance, optimisation level.
+        backend_options: the backend (onnxruntime) and how its sessions run while scoring.
+    Returns:
+        The `builds` entry written into the manifest.
+    """
+    root = Path(engine_dir)
+    engine = EngineDir.open(root)
+    backend = resolve(engine.build["backend"] if backend_options.backend == "auto" else backend_options.backend)
+    if backend != "onnxruntime":
+        raise EdgeError(f"backend '{backend_options.backend}' | edge-infer build makes onnxruntime builds only "
+                        f"(TensorRT engines are built on the device by the TensorRT backend)", Exit.BAD_INPUT)
+    onnx = need_onnx()
+    ort = lazy_import("onnxruntime", extra="runtime")
+    ort.set_default_logger_severity(3)   # the quantizer's calibration sessions would warn on the console
+    calib = read_calibration(options.calib or DEFAULT_DIR / f"{engine.name}.txt")
+    calib.check_fits(engine.manifest)
+    data = calib.arrays(engine.segments[0]["inputs"])
+    precision = options.precision
+    base = backend_options.create(engine.graphs(), "onnxruntime")
+    tmp = root / f".build-{precision}.tmp-{os.getpid()}"   # nothing enters the directory before it passes
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with base:
+            feeds = calibration_feeds(base, engine, data["calib"], options.eval_batch) if precision == "int8" else None
+            graphs, files, details = write_graphs(engine, tmp, options, calib, feeds, ort, onnx)
+            with backend_options.create(graphs, "onnxruntime") as built:
+                variants = score_variants(engine, base, built, data, options)
+        worst = min(variants, key=lambda r: r["delta_points"])
+        if -worst["delta_points"] > options.tolerance:
+            raise EdgeError(f"{root} | {precision} build refused: depth {worst['depth']} loses "
+                            f"{-worst['delta_points']:.2f} points of validation accuracy "
+                            f"({worst['export_val_accuracy'] * 100:.2f} % -> {worst['val_accuracy'] * 100:.2f} %), "
+                            f"tolerance {options.tolerance:g}; nothing written", Exit.MISMATCH)
+        size, export_size = sum(f["bytes"] for f in files), sum(s["bytes"] for s in engine.segments)
+        opset = max(o.version for f in files for o in onnx.load(str(tmp / f["file"])).opset_import if o.domain == "")
+        entry = {"backend": "onnxruntime", "precision": precision, "opset": int(opset), "files": files,
+                 "bytes": size, "export_bytes": export_size, "size_ratio": size / export_size, **details,
+                 "validation": {"split": calib.val_split, "samples": int(len(data["val_labels"])), "data": calib.data,
+                                "data_sha256": calib.data_sha256, "against": "the exported fp32 segments, same run"},
+                 "latency": {"batch": 1, "runs": options.latency_runs, "statistic": "median engine time of the chain",
+                             "providers": list(backend_options.providers or ("CPUExecutionProvider",)),
+                             "threads": backend_options.threads},
+                 "tolerance_points": options.tolerance, "variants": variants,
+                 "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
+                              "python": platform.python_version()},
+                 "device": {"machine": platform.machine(), "processor": platform.processor(),
+                            "system": platform.system()}}
+        for f in files:
+            os.replace(tmp / f["file"], root / f["file"])
+        record_build(root, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
+def build_summary(entry: dict, engine_dir) -> str:
+    """The terminal's view of a build: sizes, then one row per variant."""
+    c = entry.get("quantization", {}).get("calibration")
+    what = (f"optimisation {entry['optimization']['level']}" if c is None else
+            f"QDQ, {c['method']} calibration on {c['samples']} {c['split']} samples")
+    v = entry["validation"]
+    lines = [f"{entry['precision']} build written to {engine_dir} ({what}): {len(entry['files'])} files, "
+             f"{entry['bytes'] / 1024:.1f} KiB, {entry['size_ratio']:.2f}x the exported fp32 size",
+             f"scored on {v['samples']} {v['split']} inputs against the exported segments, tolerance "
+             f"{entry['tolerance_points']:g} points", "",
+             "| depth | val acc % | export fp32 % | delta points | agrees with PyTorch % | batch-1 ms | "
+             "export ms | latency ratio |", "|---|---|---|---|---|---|---|---|"]
+    for r in entry["variants"]:
+        lines.append(f"| {r['depth']} | {r['val_accuracy'] * 100:.2f} | {r['export_val_accuracy'] * 100:.2f} | "
+                     f"{r['delta_points']:+.2f} | {r['torch_agreement'] * 100:.2f} | {r['latency_ms']:.3f} | "
+                     f"{r['export_latency_ms']:.3f} | {r['latency_ratio']:.2f} |")
+    notes = entry.get("optimization", {}).get("notes", [])
+    return "\n".join(lines + [f"note: {n}" for n in notes])

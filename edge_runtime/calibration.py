@@ -1,0 +1,304 @@
+"""Calibration sets: the samples INT8 calibration reads and the validation split a build is scored on.
+
+`calibration/NAME.txt` is the list, readable and diffable; `calibration/NAME.npz` holds the same samples
+preprocessed exactly as the device feeds them, so `edge-infer build` needs neither torch nor edge_model:
+
+  # edge-calibration 1
+  dataset            digits
+  preprocess_sha256  sha256 of the manifest's task.preprocess (canonical JSON): the set fits one model family
+  method             minmax | entropy | percentile (the default; `edge-infer build --calib-method` overrides)
+  calib_split        train
+  calib_seed         0
+  calib_indices      12 57 80 ...   (indices into the seeded split of edge_model.data)
+  val_split          val
+  val_samples        270            (the whole split, in order)
+  data               NAME.npz
+  data_sha256        its sha256: the list and the arrays travel together
+
+NAME.npz: calib_<input> and val_<input> for every input of segment 0 (pixels, or input_ids and
+attention_mask padded to max_len), val_labels, calib_indices, and val_torch_pred (val rows, exits): the
+PyTorch checkpoint's argmax at every exit, so a build reports its agreement with PyTorch without torch.
+
+The calibration cache (ORT's per-tensor ranges, JSON) is written beside the list, one file per segment,
+named by a key over the segment's sha256, the data's sha256, the method and the quantizer's settings:
+a changed graph or sample set never reads a stale cache.
+
+`write_calibration_set` runs on the workstation (it imports edge_model and torch, lazily):
+    python -m edge_runtime.calibration --checkpoint checkpoints/fmnist-vit-demo --name fmnist-vit-demo
+"""
+import argparse
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import EdgeError, Exit
+
+FORMAT = "# edge-calibration 1"
+METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_DIR = Path("calibration")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def preprocess_digest(preprocess: dict) -> str:
+    """sha256 of the preprocessing spec as canonical JSON: equal digests, equal device inputs."""
+    return sha256_bytes(json.dumps(preprocess, sort_keys=True, separators=(",", ":")).encode())
+
+
+@dataclass
+class CalibrationSet:
+    """A parsed calibration/NAME.txt. `arrays()` loads and checks its .npz."""
+    path: Path
+    dataset: str
+    preprocess_sha256: str
+    method: str
+    calib_split: str
+    calib_seed: int
+    calib_indices: list
+    val_split: str
+    val_samples: int
+    data: str
+    data_sha256: str
+
+    @property
+    def data_path(self) -> Path:
+        return self.path.parent / self.data
+
+    def check_fits(self, manifest: dict) -> None:
+        """Refuse a set made for another dataset or another preprocessing than the engine directory's."""
+        task = manifest["task"]
+        if self.dataset != task["dataset"]:
+            raise EdgeError(f"{self.path} | made for dataset {self.dataset}, the engines are for {task['dataset']}",
+                            Exit.BAD_INPUT)
+        if self.preprocess_sha256 != preprocess_digest(task["preprocess"]):
+            raise EdgeError(f"{self.path} | made for another preprocessing than the engines' task.preprocess "
+                            f"(make it again from the checkpoint these engines came from)", Exit.BAD_INPUT)
+
+    def arrays(self, inputs: list) -> dict:
+        """{calib: {name: array}, val: {name: array}, val_labels, val_torch_pred}, checked against `inputs`
+        (segment 0's I/O spec) and the list's hash and counts."""
+        from edge_runtime.backends.base import check_feed
+        from edge_runtime.engine_dir import GraphSpec, sha256_file
+        path = self.data_path
+        if not path.is_file():
+            raise EdgeError(f"{path} | missing (named by {self.path.name}; write both with: python -m "
+                            f"edge_runtime.calibration --checkpoint DIR)", Exit.NOT_FOUND)
+        got = sha256_file(path)
+        if got != self.data_sha256:
+            raise EdgeError(f"{path.name} | sha256 mismatch ({self.path.name} {self.data_sha256[:8]}…, file "
+                            f"{got[:8]}…)", Exit.CORRUPT)
+        try:
+            with np.load(path) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as err:
+            raise EdgeError(f"{path.name} | not a calibration set ({err})", Exit.CORRUPT) from None
+        spec = GraphSpec("segment_0", path, inputs, [])
+        out = {}
+        for part in ("calib", "val"):
+            feed = {}
+            for i in inputs:
+                key = f"{part}_{i['name']}"
+                if key not in data:
+                    raise EdgeError(f"{path.name} | no '{key}' array", Exit.CORRUPT)
+                feed[i["name"]] = data[key]
+            try:
+                check_feed("segment_0", spec, feed)
+            except EdgeError as err:
+                raise EdgeError(f"{path.name} | {part}: {err}", Exit.CORRUPT) from None
+            out[part] = feed
+        for key in ("val_labels", "val_torch_pred"):
+            if key not in data:
+                raise EdgeError(f"{path.name} | no '{key}' array", Exit.CORRUPT)
+        n_calib, n_val = len(next(iter(out["calib"].values()))), len(next(iter(out["val"].values())))
+        if n_calib != len(self.calib_indices) or n_val != self.val_samples or len(data["val_labels"]) != n_val \
+                or len(data["val_torch_pred"]) != n_val:
+            raise EdgeError(f"{path.name} | holds {n_calib} calibration and {n_val} validation rows, "
+                            f"{self.path.name} lists {len(self.calib_indices)} and {self.val_samples}", Exit.CORRUPT)
+        out["val_labels"], out["val_torch_pred"] = data["val_labels"], data["val_torch_pred"]
+        return out
+
+
+FIELDS = {"dataset": str, "preprocess_sha256": str, "method": str, "calib_split": str, "calib_seed": int,
+          "calib_indices": list, "val_split": str, "val_samples": int, "data": str, "data_sha256": str}
+
+
+def read_calibration(path) -> CalibrationSet:
+    """Parse calibration/NAME.txt; every problem is one EdgeError line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"{path} | missing: no calibration list (write one on the workstation: python -m "
+                        f"edge_runtime.calibration --checkpoint DIR --name NAME)", Exit.NOT_FOUND)
+    lines = path.read_text().splitlines()
+    if not lines or lines[0].strip() != FORMAT:
+        raise EdgeError(f"{path} | not a calibration list (its first line must be '{FORMAT}')", Exit.CORRUPT)
+    values = {}
+    for n, line in enumerate(lines[1:], 2):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, _, value = line.partition(" ")
+        if key not in FIELDS:
+            raise EdgeError(f"{path}:{n} | unknown field '{key}' (fields: {', '.join(FIELDS)})", Exit.CORRUPT)
+        value = value.strip()
+        try:
+            values[key] = ([int(v) for v in value.split()] if FIELDS[key] is list
+                           else int(value) if FIELDS[key] is int else value)
+        except ValueError:
+            raise EdgeError(f"{path}:{n} | {key} '{value[:40]}' is not {FIELDS[key].__name__}", Exit.CORRUPT) from None
+    missing = [k for k in FIELDS if k not in values]
+    if missing:
+        raise EdgeError(f"{path} | no '{missing[0]}' line", Exit.CORRUPT)
+    if values["method"] not in METHODS:
+        raise EdgeError(f"{path} | method '{values['method']}', expected one of: {', '.join(METHODS)}", Exit.CORRUPT)
+    if "/" in values["data"] or "\\" in values["data"] or values["data"] in ("", ".", ".."):
+        raise EdgeError(f"{path} | data '{values['data']}' must be a file name beside the list", Exit.CORRUPT)
+    if not values["calib_indices"]:
+        raise EdgeError(f"{path} | calib_indices is empty", Exit.CORRUPT)
+    return CalibrationSet(path, **values)
+
+
+class ChainReader:
+    """ONNX Runtime's CalibrationDataReader (duck-typed: get_next, rewind) over one segment's feeds."""
+
+    def __init__(self, feed: dict, batch: int):
+        """Args:
+            feed: {input name: (N, ...) array}: the segment's inputs for every calibration sample.
+            batch: rows per calibration batch.
+        """
+        self.feed, self.batch = feed, batch
+        self.rows = len(next(iter(feed.values())))
+        self.start = 0
+
+    def get_next(self):
+        if self.start >= self.rows:
+            return None
+        s = slice(self.start, self.start + self.batch)
+        self.start += self.batch
+        return {k: np.ascontiguousarray(v[s]) for k, v in self.feed.items()}
+
+    def rewind(self) -> None:
+        self.start = 0
+
+
+def cache_path(calib: CalibrationSet, method: str, segment: dict, settings: dict) -> Path:
+    """calibration/NAME.METHOD.segment_K.KEY.json: the key covers everything the ranges depend on."""
+    key = sha256_bytes(json.dumps({"segment": segment["sha256"], "data": calib.data_sha256, "method": method,
+                                   **settings}, sort_keys=True).encode())[:12]
+    return calib.path.parent / f"{calib.path.stem}.{method}.segment_{segment['index']}.{key}.json"
+
+
+# --- the workstation side: imports edge_model (and torch) only when called
+
+def write_calibration_set(ckpt_dir, name: str = None, out_dir=DEFAULT_DIR, samples: int = 256,
+                          split: str = "train", seed: int = 0, method: str = "minmax", val_split: str = "val",
+                          data_dir=None) -> Path:
+    """Pick calibration samples from a checkpoint's dataset and write calibration/NAME.txt + NAME.npz.
+
+    Args:
+        ckpt_dir: the trained checkpoint the engines were exported from.
+        name: the set's name (default: the checkpoint's preset); the build looks for calibration/<engine name>.txt.
+        out_dir: where the list, its arrays and later its caches live.
+        samples: calibration samples, drawn without replacement from `split` with `seed`.
+        split: the split calibration draws from (train: never the split accuracy is reported on).
+        seed: the draw's seed.
+        method: the default calibration method written into the list.
+        val_split: the split every build is scored on, whole.
+        data_dir: Fashion-MNIST IDX files, when not from the Debian package.
+    Returns:
+        The path of the list.
+    """
+    import torch
+
+    from edge_model.checkpoint import load_checkpoint, tokenizer_path
+    from edge_model.data import load_dataset
+    from edge_model.export import input_names
+    from edge_model.inputs import make_inputs
+    if method not in METHODS:
+        raise EdgeError(f"--method {method} | expected one of: {', '.join(METHODS)}", Exit.BAD_INPUT)
+    if split == val_split:
+        raise EdgeError(f"--split {split} | calibration must not draw from the validation split", Exit.BAD_INPUT)
+    model, config = load_checkpoint(ckpt_dir)
+    task = config["task"]
+    name = name or config.get("preset") or Path(ckpt_dir).name
+    data = load_dataset(task["dataset"], data_dir)
+    text = task["kind"] == "text"
+    names = input_names(0, text)
+
+    def device_inputs(part: str, idx: np.ndarray):
+        """(inputs as the device feeds them, labels, PyTorch argmax per exit) of rows `idx` of `part`."""
+        inputs = make_inputs(data, part, task["preprocess"], tokenizer_path(ckpt_dir, config))
+        arrays, labels, preds = [], [], []
+        for s in range(0, len(idx), 256):
+            x, mask, y = inputs.batch(idx[s:s + 256])
+            if mask is not None:   # the graphs are static at max_len tokens: pad every row to it
+                T = task["preprocess"]["max_len"]
+                ids, m = torch.zeros(len(y), T, dtype=torch.int64), torch.zeros(len(y), T, dtype=torch.int64)
+                ids[:, :x.shape[1]], m[:, :x.shape[1]] = x, mask
+                x, mask = ids, m
+            with torch.no_grad():
+                logits = torch.stack(model.forward_exits(x, mask), 1)             # (B, exits, classes)
+            arrays.append([x.numpy()] + ([mask.numpy()] if text else []))
+            labels.append(y.numpy())
+            preds.append(logits.argmax(-1).numpy())
+        feed = {n: np.concatenate([a[i] for a in arrays]) for i, n in enumerate(names)}
+        return feed, np.concatenate(labels), np.concatenate(preds)
+
+    n_split = len(data[split])
+    if not 0 < samples <= n_split:
+        raise EdgeError(f"--samples {samples} | must be 1..{n_split} (the {split} split)", Exit.BAD_INPUT)
+    calib_idx = np.sort(np.random.default_rng(seed).choice(n_split, samples, replace=False))
+    calib, _, _ = device_inputs(split, calib_idx)
+    val, val_labels, val_pred = device_inputs(val_split, np.arange(len(data[val_split])))
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    npz, txt = out / f"{name}.npz", out / f"{name}.txt"
+    tmp = out / f".{name}.npz.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:   # np.savez appends .npz to a bare path: write through a file object
+        np.savez_compressed(f, calib_indices=calib_idx, val_labels=val_labels, val_torch_pred=val_pred,
+                            **{f"calib_{k}": v for k, v in calib.items()}, **{f"val_{k}": v for k, v in val.items()})
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    os.replace(tmp, npz)
+    lines = [FORMAT, f"# written by edge_runtime.calibration from {os.path.relpath(Path(ckpt_dir).resolve())}",
+             f"dataset {task['dataset']}", f"preprocess_sha256 {preprocess_digest(task['preprocess'])}",
+             f"method {method}", f"calib_split {split}", f"calib_seed {seed}",
+             "calib_indices " + " ".join(map(str, calib_idx.tolist())), f"val_split {val_split}",
+             f"val_samples {len(val_labels)}", f"data {npz.name}", f"data_sha256 {digest}"]
+    tmp = out / f".{name}.txt.tmp-{os.getpid()}"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, txt)
+    return txt
+
+
+def main(argv=None) -> int:
+    """`python -m edge_runtime.calibration`: write a calibration set on the workstation."""
+    import sys
+    p = argparse.ArgumentParser(prog="python -m edge_runtime.calibration",
+                                description="Write calibration/NAME.txt and NAME.npz from a checkpoint.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--name", default=None, help="the set's name (default: the checkpoint's preset)")
+    p.add_argument("--out", default=str(DEFAULT_DIR), metavar="DIR")
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--split", default="train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default="minmax", choices=METHODS)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args(argv)
+    try:
+        path = write_calibration_set(args.checkpoint, args.name, args.out, args.samples, args.split, args.seed,
+                                     args.method, data_dir=args.data_dir)
+    except EdgeError as err:
+        print(f"edge_runtime.calibration: {err}", file=sys.stderr)
+        return err.exit
+    print(f"calibration set written: {path} and {path.with_suffix('.npz')}")
+    return Exit.OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
