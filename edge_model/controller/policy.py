@@ -25,7 +25,7 @@ from edge_runtime.policy import PolicyArrays, policy_state, state_size
 @dataclass
 class PPOConfig:
     hidden: int = 64
-    updates: int = 200          # PPO iterations (about 0.5 s each at 7 exits on one core)
+    updates: int = 400          # PPO iterations (about 0.2-0.4 s each at 7 exits on one core)
     episodes: int = 2048        # episodes per iteration
     epochs: int = 4             # passes over each batch of episodes
     minibatch: int = 2048
