@@ -166,7 +166,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             step, loss_sum, seen = step + 1, loss_sum + loss.item(), seen + 1
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}", refresh=False)
         bar.close()
         elapsed = time.time() - start
         if is_main:
