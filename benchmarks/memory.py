@@ -5,9 +5,9 @@ separate full graphs, one per variant (DESIGN section 5: weights stored once, on
                                 [--build export|fp32|int8] [--batch 64] [--repeats 3] [--threads 1]
 
 The sets, all from the same files:
-  segments               every segment_K graph in its own session, as the runtime (OrtBackend) loads them:
-                         each session keeps its own CPU arena
-  segments_shared_arena  the same sessions sharing one CPU arena registered in ONNX Runtime's environment
+  segments               every segment_K graph in its own session, each session keeping its own CPU arena
+  segments_shared_arena  the same sessions sharing one CPU arena registered in ONNX Runtime's environment,
+                         as the runtime (OrtBackend) loads them
                          (session.use_env_allocators): the one workspace DESIGN section 5 asks for
   static                 the segments chained into one graph (hidden_out -> hidden), only the last exit's
                          logits kept and the earlier exit heads pruned: the plain full-depth model; or --static
@@ -51,20 +51,18 @@ def vm(field: str) -> int:
 
 
 def make_sessions(paths: list, threads: int, shared_arena: bool) -> list:
-    """Sessions as the runtime makes them (edge_runtime.backends.ort.session_from_file), or the same
-    options with one CPU arena registered in ONNX Runtime's environment and shared by every session."""
+    """Sessions as the runtime makes them (edge_runtime.backends.ort.session_from_file: every CPU session
+    shares one arena registered in ONNX Runtime's environment), or, for comparison, the same options with
+    each session keeping its own arena."""
     import onnxruntime as ort
 
     from edge_runtime.backends.ort import session_from_file
-    if not shared_arena:
+    if shared_arena:
         return [session_from_file(p, ["CPUExecutionProvider"], threads) for p in paths]
-    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))   # ORT's default arena settings
     sessions = []
     for p in paths:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = threads, 1, 3
-        opts.add_session_config_entry("session.use_env_allocators", "1")
         sessions.append(ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]))
     return sessions
 
