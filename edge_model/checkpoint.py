@@ -6,7 +6,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 
 from edge_model.presets import build_model, config_dict, model_config
 from edge_runtime.errors import EdgeError, Exit

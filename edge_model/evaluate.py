@@ -28,14 +28,13 @@ def collect_exits(model, inputs, batch_size: int = 256, progress: bool = False) 
         idx = order[s:s + batch_size]
         x, mask, _ = inputs.batch(idx)
         bias, keep = model.attention_inputs(mask)
-        h, logits = model.embed(x), []
+        h, logits, pooled = model.embed(x), [], []
         for k in range(len(model.exits)):
             h = model.run_segment(h, k, bias)
-            pooled = model.heads[k].features(h, keep)
-            logits.append(model.heads[k].head(pooled))
-            first = pooled if k == 0 else first
+            pooled.append(model.heads[k].features(h, keep))
+            logits.append(model.heads[k].head(pooled[-1]))
         stats = image_stats(x.numpy()) if mask is None else text_stats(mask.numpy(), model.cfg.max_len)
-        batch = {"logits": torch.stack(logits, 1).numpy(), "first_pooled": first.numpy(), "input_stats": stats}
+        batch = {"logits": torch.stack(logits, 1).numpy(), "first_pooled": pooled[0].numpy(), "input_stats": stats}
         for key, value in batch.items():
             out.setdefault(key, np.empty((n,) + value.shape[1:], np.float32))[idx] = value
     model.train(was_training)

@@ -3,7 +3,6 @@
 loss = CE(final exit) + mean over shallow exits k of [(1 - a) CE(exit k) + a T^2 KL(final/T || exit k/T)]
 The full-depth path is the teacher (detached), so the shallow exits learn from it, not it from them.
 """
-import json
 import math
 import os
 import time

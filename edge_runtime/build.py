@@ -37,9 +37,9 @@ import numpy as np
 from edge_runtime.backends import BackendOptions, lazy_import, resolve
 from edge_runtime.calibration import DEFAULT_DIR, METHODS, ChainReader, cache_path, read_calibration
 from edge_runtime.check import run_chain
-from edge_runtime.engine_dir import EngineDir, GraphSpec, sha256_file
+from edge_runtime.engine_dir import EngineDir, GraphSpec, sha256_file, verified_file
 from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.manifest import MANIFEST, confined, file_ref, need, read_manifest, validate
+from edge_runtime.manifest import MANIFEST, file_ref, need, read_manifest, validate
 
 PRECISIONS = {"fp32": "opt", "int8": "int8"}   # precision -> the infix of its files: segment_K.<infix>.onnx
 OPT_LEVELS = ("extended", "basic")
@@ -263,13 +263,7 @@ def open_build(engine: EngineDir, precision: str) -> dict:
     for seg, ref in zip(engine.segments, files):
         where = f"builds[{at}].files[{seg['index']}]"
         file_ref(ref, where + ".")
-        path = confined(engine.root, ref["file"], where)
-        if not path.is_file():
-            raise EdgeError(f"{ref['file']} | missing (listed in manifest {where}.file)", Exit.NOT_FOUND)
-        got = sha256_file(path)
-        if got != ref["sha256"]:
-            raise EdgeError(f"{ref['file']} | sha256 mismatch (manifest {ref['sha256'][:8]}…, file {got[:8]}…)",
-                            Exit.CORRUPT)
+        path = verified_file(engine.root, ref, where)
         name = f"segment_{seg['index']}"
         graphs[name] = GraphSpec(name, path, seg["inputs"], seg["outputs"])
     return graphs

@@ -91,6 +91,18 @@ def build_refusal(build: dict):
     return None
 
 
+def verified_file(root: Path, ref: dict, where: str) -> Path:
+    """The file a manifest entry {file, sha256} names, confined to `root`, present, and with that hash."""
+    path = confined(root, ref["file"], where)
+    if not path.is_file():
+        raise EdgeError(f"{ref['file']} | missing (listed in manifest {where}.file)", Exit.NOT_FOUND)
+    got = sha256_file(path)
+    if got != ref["sha256"]:
+        raise EdgeError(f"{ref['file']} | sha256 mismatch (manifest {ref['sha256'][:8]}…, file {got[:8]}…)",
+                        Exit.CORRUPT)
+    return path
+
+
 @dataclass
 class GraphSpec:
     """One graph a backend runs: its file and the manifest's I/O spec."""
@@ -145,13 +157,7 @@ class EngineDir:
         root = Path(path)
         manifest = read_manifest(root)
         for where, ref in file_refs(manifest):
-            f = confined(root, ref["file"], where)
-            if not f.is_file():
-                raise EdgeError(f"{ref['file']} | missing (listed in manifest {where}.file)", Exit.NOT_FOUND)
-            got = sha256_file(f)
-            if got != ref["sha256"]:
-                raise EdgeError(f"{ref['file']} | sha256 mismatch (manifest {ref['sha256'][:8]}…, file {got[:8]}…)",
-                                Exit.CORRUPT)
+            verified_file(root, ref, where)
         if check_build:
             reason = build_refusal(manifest["build"])
             if reason:

@@ -12,15 +12,32 @@ from edge_model import cli
 torch.set_num_threads(1)
 
 
-def run_cli(*args) -> tuple:
-    """(stdout, stderr, exit code) of `edge-model ARGS...`, run in this process."""
+def run_main(main, *args) -> tuple:
+    """(stdout, stderr, exit code) of a CLI's `main(ARGS)`, run in this process (HTTPie's `http()`)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = cli.main([str(a) for a in args])
+            code = main([str(a) for a in args])
         except SystemExit as exc:   # argparse: --help and usage errors
             code = exc.code if isinstance(exc.code, int) else 1
     return out.getvalue(), err.getvalue(), code
+
+
+def run_cli(*args) -> tuple:
+    """`edge-model ARGS...` in this process."""
+    return run_main(cli.main, *args)
+
+
+def assert_one_line_error(result, code, prog: str, *words):
+    """A user error: the named exit code, exactly one stderr line starting with `prog:`, no traceback."""
+    out, err, exit_code = result
+    assert exit_code == code, f"exit {exit_code!r}, wanted {code!r}; stderr: {err!r}"
+    assert "Traceback" not in err + out
+    lines = err.splitlines()
+    assert len(lines) == 1, f"stderr is not one line: {err!r}"
+    assert lines[0].startswith(f"{prog}: ")
+    for w in words:
+        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
 
 
 @pytest.fixture(scope="session")

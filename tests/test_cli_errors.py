@@ -3,19 +3,12 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from edge_runtime.errors import Exit
 
 
 def assert_user_error(result, code: Exit, *words):
-    out, err, exit_code = result
-    assert exit_code == code, f"exit {exit_code!r}, wanted {code!r}; stderr: {err!r}"
-    assert "Traceback" not in err + out
-    lines = err.splitlines()
-    assert len(lines) == 1, f"stderr is not one line: {err!r}"
-    assert lines[0].startswith("edge-model: ")
-    for w in words:
-        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    assert_one_line_error(result, code, "edge-model", *words)
 
 
 def edit_config(ckpt, **changes):

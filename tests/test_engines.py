@@ -1,8 +1,6 @@
 """The engine directory end to end: export the digits checkpoint, check it through the runtime, and see the
 loader refuse every kind of damage in one line (HTTPie-style in-process CLI runs)."""
-import contextlib
 import hashlib
-import io
 import json
 import re
 import shutil
@@ -10,31 +8,18 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli, run_main
 from edge_runtime import cli as infer_cli
 from edge_runtime.errors import EdgeError, Exit
 
 
 def run_infer(*args) -> tuple:
-    """(stdout, stderr, exit code) of `edge-infer ARGS...`, run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = infer_cli.main([str(a) for a in args])
-        except SystemExit as exc:   # argparse: --help and usage errors
-            code = exc.code if isinstance(exc.code, int) else 1
-    return out.getvalue(), err.getvalue(), code
+    """`edge-infer ARGS...` in this process."""
+    return run_main(infer_cli.main, *args)
 
 
 def assert_refused(result, code: Exit, *words):
-    out, err, exit_code = result
-    assert exit_code == code, f"exit {exit_code!r}, wanted {code!r}; stderr: {err!r}"
-    assert "Traceback" not in err + out
-    lines = err.splitlines()
-    assert len(lines) == 1, f"stderr is not one line: {err!r}"
-    assert lines[0].startswith("edge-infer: ")
-    for w in words:
-        assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    assert_one_line_error(result, code, "edge-infer", *words)
 
 
 @pytest.fixture(scope="session")

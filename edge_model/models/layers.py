@@ -1,6 +1,5 @@
 """Layers shared by both backbones (timm's `layers` idea): one Attention, one Mlp, one ExitHead,
 and two thin block variants chosen by name."""
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
