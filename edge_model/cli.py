@@ -77,6 +77,14 @@ def cmd_export(args) -> int:
     return Exit.OK
 
 
+def cmd_calibration_set(args) -> int:
+    from edge_model.calibration_set import write_calibration_set
+    path = write_calibration_set(args.checkpoint, args.name, args.out, args.samples, args.split, args.seed,
+                                 args.method, data_dir=args.data_dir)
+    print(f"calibration set written: {path} and {path.with_suffix('.npz')}")
+    return Exit.OK
+
+
 def cmd_fetch(args) -> int:
     from edge_model.data.images import fetch_fashion_mnist
     if args.dataset != "fashion-mnist":
@@ -138,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=17, metavar="N", help="ai.onnx opset (TensorRT 8.5 reads <= 17)")
     ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(func=cmd_export)
+    from edge_runtime.calibration import DEFAULT_DIR, METHODS
+    cs = sub.add_parser("calibration-set", help="write calibration/NAME.txt + NAME.npz for INT8 builds")
+    cs.add_argument("--checkpoint", required=True, metavar="DIR")
+    cs.add_argument("--name", default=None, help="the set's name (default: the checkpoint's preset)")
+    cs.add_argument("--out", default=str(DEFAULT_DIR), metavar="DIR")
+    cs.add_argument("--samples", type=int, default=256)
+    cs.add_argument("--split", default="train")
+    cs.add_argument("--seed", type=int, default=0)
+    cs.add_argument("--method", default="minmax", choices=METHODS)
+    cs.add_argument("--data-dir", default=None)
+    cs.set_defaults(func=cmd_calibration_set)
     f = sub.add_parser("fetch", help="fetch a dataset (fashion-mnist: the Debian package)")
     f.add_argument("dataset")
     f.set_defaults(func=cmd_fetch)

@@ -23,13 +23,11 @@ The calibration cache (ORT's per-tensor ranges, JSON) is written beside the list
 named by a key over the segment's sha256, the data's sha256, the method and the quantizer's settings:
 a changed graph or sample set never reads a stale cache.
 
-`write_calibration_set` runs on the workstation (it imports edge_model and torch, lazily):
-    python -m edge_runtime.calibration --checkpoint checkpoints/fmnist-vit-demo --name fmnist-vit-demo
+The set is written on the workstation (edge_model.calibration_set, which needs torch):
+    edge-model calibration-set --checkpoint checkpoints/fmnist-vit-demo --name fmnist-vit-demo
 """
-import argparse
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,8 +85,8 @@ class CalibrationSet:
         from edge_runtime.engine_dir import GraphSpec, sha256_file
         path = self.data_path
         if not path.is_file():
-            raise EdgeError(f"{path} | missing (named by {self.path.name}; write both with: python -m "
-                            f"edge_runtime.calibration --checkpoint DIR)", Exit.NOT_FOUND)
+            raise EdgeError(f"{path} | missing (named by {self.path.name}; write both with: edge-model "
+                            f"calibration-set --checkpoint DIR)", Exit.NOT_FOUND)
         got = sha256_file(path)
         if got != self.data_sha256:
             raise EdgeError(f"{path.name} | sha256 mismatch ({self.path.name} {self.data_sha256[:8]}…, file "
@@ -132,8 +130,8 @@ def read_calibration(path) -> CalibrationSet:
     """Parse calibration/NAME.txt; every problem is one EdgeError line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise EdgeError(f"{path} | missing: no calibration list (write one on the workstation: python -m "
-                        f"edge_runtime.calibration --checkpoint DIR --name NAME)", Exit.NOT_FOUND)
+        raise EdgeError(f"{path} | missing: no calibration list (write one on the workstation: edge-model "
+                        f"calibration-set --checkpoint DIR --name NAME)", Exit.NOT_FOUND)
     lines = path.read_text().splitlines()
     if not lines or lines[0].strip() != FORMAT:
         raise EdgeError(f"{path} | not a calibration list (its first line must be '{FORMAT}')", Exit.CORRUPT)
@@ -191,114 +189,3 @@ def cache_path(calib: CalibrationSet, method: str, segment: dict, settings: dict
     key = sha256_bytes(json.dumps({"segment": segment["sha256"], "data": calib.data_sha256, "method": method,
                                    **settings}, sort_keys=True).encode())[:12]
     return calib.path.parent / f"{calib.path.stem}.{method}.segment_{segment['index']}.{key}.json"
-
-
-# --- the workstation side: imports edge_model (and torch) only when called
-
-def write_calibration_set(ckpt_dir, name: str = None, out_dir=DEFAULT_DIR, samples: int = 256,
-                          split: str = "train", seed: int = 0, method: str = "minmax", val_split: str = "val",
-                          data_dir=None) -> Path:
-    """Pick calibration samples from a checkpoint's dataset and write calibration/NAME.txt + NAME.npz.
-
-    Args:
-        ckpt_dir: the trained checkpoint the engines were exported from.
-        name: the set's name (default: the checkpoint's preset); the build looks for calibration/<engine name>.txt.
-        out_dir: where the list, its arrays and later its caches live.
-        samples: calibration samples, drawn without replacement from `split` with `seed`.
-        split: the split calibration draws from (train: never the split accuracy is reported on).
-        seed: the draw's seed.
-        method: the default calibration method written into the list.
-        val_split: the split every build is scored on, whole.
-        data_dir: Fashion-MNIST IDX files, when not from the Debian package.
-    Returns:
-        The path of the list.
-    """
-    import torch
-
-    from edge_model.checkpoint import load_checkpoint, tokenizer_path
-    from edge_model.data import load_dataset
-    from edge_model.export import input_names
-    from edge_model.inputs import make_inputs
-    if method not in METHODS:
-        raise EdgeError(f"--method {method} | expected one of: {', '.join(METHODS)}", Exit.BAD_INPUT)
-    if split == val_split:
-        raise EdgeError(f"--split {split} | calibration must not draw from the validation split", Exit.BAD_INPUT)
-    model, config = load_checkpoint(ckpt_dir)
-    task = config["task"]
-    name = name or config.get("preset") or Path(ckpt_dir).name
-    data = load_dataset(task["dataset"], data_dir)
-    text = task["kind"] == "text"
-    names = input_names(0, text)
-
-    def device_inputs(part: str, idx: np.ndarray):
-        """(inputs as the device feeds them, labels, PyTorch argmax per exit) of rows `idx` of `part`."""
-        inputs = make_inputs(data, part, task["preprocess"], tokenizer_path(ckpt_dir, config))
-        arrays, labels, preds = [], [], []
-        for s in range(0, len(idx), 256):
-            x, mask, y = inputs.batch(idx[s:s + 256])
-            if mask is not None:   # the graphs are static at max_len tokens: pad every row to it
-                T = task["preprocess"]["max_len"]
-                ids, m = torch.zeros(len(y), T, dtype=torch.int64), torch.zeros(len(y), T, dtype=torch.int64)
-                ids[:, :x.shape[1]], m[:, :x.shape[1]] = x, mask
-                x, mask = ids, m
-            with torch.no_grad():
-                logits = torch.stack(model.forward_exits(x, mask), 1)             # (B, exits, classes)
-            arrays.append([x.numpy()] + ([mask.numpy()] if text else []))
-            labels.append(y.numpy())
-            preds.append(logits.argmax(-1).numpy())
-        feed = {n: np.concatenate([a[i] for a in arrays]) for i, n in enumerate(names)}
-        return feed, np.concatenate(labels), np.concatenate(preds)
-
-    n_split = len(data[split])
-    if not 0 < samples <= n_split:
-        raise EdgeError(f"--samples {samples} | must be 1..{n_split} (the {split} split)", Exit.BAD_INPUT)
-    calib_idx = np.sort(np.random.default_rng(seed).choice(n_split, samples, replace=False))
-    calib, _, _ = device_inputs(split, calib_idx)
-    val, val_labels, val_pred = device_inputs(val_split, np.arange(len(data[val_split])))
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    npz, txt = out / f"{name}.npz", out / f"{name}.txt"
-    tmp = out / f".{name}.npz.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:   # np.savez appends .npz to a bare path: write through a file object
-        np.savez_compressed(f, calib_indices=calib_idx, val_labels=val_labels, val_torch_pred=val_pred,
-                            **{f"calib_{k}": v for k, v in calib.items()}, **{f"val_{k}": v for k, v in val.items()})
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, npz)
-    lines = [FORMAT, f"# written by edge_runtime.calibration from {os.path.relpath(Path(ckpt_dir).resolve())}",
-             f"dataset {task['dataset']}", f"preprocess_sha256 {preprocess_digest(task['preprocess'])}",
-             f"method {method}", f"calib_split {split}", f"calib_seed {seed}",
-             "calib_indices " + " ".join(map(str, calib_idx.tolist())), f"val_split {val_split}",
-             f"val_samples {len(val_labels)}", f"data {npz.name}", f"data_sha256 {digest}"]
-    tmp = out / f".{name}.txt.tmp-{os.getpid()}"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, txt)
-    return txt
-
-
-def main(argv=None) -> int:
-    """`python -m edge_runtime.calibration`: write a calibration set on the workstation."""
-    import sys
-    p = argparse.ArgumentParser(prog="python -m edge_runtime.calibration",
-                                description="Write calibration/NAME.txt and NAME.npz from a checkpoint.")
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
-    p.add_argument("--name", default=None, help="the set's name (default: the checkpoint's preset)")
-    p.add_argument("--out", default=str(DEFAULT_DIR), metavar="DIR")
-    p.add_argument("--samples", type=int, default=256)
-    p.add_argument("--split", default="train")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", default="minmax", choices=METHODS)
-    p.add_argument("--data-dir", default=None)
-    args = p.parse_args(argv)
-    try:
-        path = write_calibration_set(args.checkpoint, args.name, args.out, args.samples, args.split, args.seed,
-                                     args.method, data_dir=args.data_dir)
-    except EdgeError as err:
-        print(f"edge_runtime.calibration: {err}", file=sys.stderr)
-        return err.exit
-    print(f"calibration set written: {path} and {path.with_suffix('.npz')}")
-    return Exit.OK
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

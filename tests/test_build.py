@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def built(digits_ckpt, tmp_path_factory):
     """(checkpoint, engine dir, calibration list): the digits engines exported as test_engines does, a
     calibration set written from the checkpoint, then an fp32 and an int8 build."""
-    from edge_runtime.calibration import write_calibration_set
+    from edge_model.calibration_set import write_calibration_set
     root = tmp_path_factory.mktemp("build")
     ckpt = root / "ckpt"
     shutil.copytree(digits_ckpt, ckpt)
