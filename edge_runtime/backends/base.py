@@ -15,6 +15,7 @@ and users call:
         b.last_latency                                    # seconds, engine call only
 """
 import time
+from abc import ABC, abstractmethod
 
 import numpy as np
 
@@ -61,7 +62,7 @@ def check_feed(name: str, spec, feed: dict) -> None:
                 raise EdgeError(f"input '{key}' | {d} {n}, but '{seen[1]}' has {d} {seen[0]}", Exit.BAD_INPUT)
 
 
-class Backend:
+class Backend(ABC):
     """Base of every backend: construct closed, `open()`, run, `close()` (or use it as a context manager)."""
 
     name = "base"
@@ -75,14 +76,17 @@ class Backend:
         self.last_latency = None    # seconds of the last engine call, None before the first
 
     # --- what each backend writes
+    @abstractmethod
     def load(self) -> None:
-        raise NotImplementedError
+        """Each backend writes this."""
 
+    @abstractmethod
     def unload(self) -> None:
-        raise NotImplementedError
+        """Each backend writes this."""
 
+    @abstractmethod
     def execute(self, name: str, feed: dict) -> dict:
-        raise NotImplementedError
+        """Each backend writes this."""
 
     # --- what callers use
     def open(self) -> "Backend":
