@@ -121,7 +121,9 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
     import onnx
     import onnxruntime
 
+    from edge_model.controller.fit import operating_points
     from edge_model.exits import load_exits
+    from edge_model.flops import model_flops
     from edge_model.fold import fold_model
     from edge_runtime.engine_dir import Projection
     say = print if progress else (lambda *a, **k: None)
@@ -165,6 +167,8 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
         shutil.copyfile(tokenizer_path(ckpt, config), tmp / "tokenizer.json")
 
     seg_flops = segment_flops(model)
+    plain = np.array([model_flops(model, d) for d in exits], np.float64)   # depth-d model, one head
+    chain = np.cumsum(seg_flops)                                           # every head on the way ran
     val_acc = (val["logits"].argmax(-1) == val["labels"][:, None]).mean(0)
     predictor_meta = json.loads((ctrl / "predictor.json").read_text())
     commit, dirty = git_state()
@@ -177,11 +181,14 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
                       "inputs": r["inputs"], "outputs": r["outputs"], "ort_max_abs": r["ort_max_abs"]}
                      for r in records],
         "variants": [{"depth": d, "exit_index": k, "chain": list(range(k + 1)),
-                      "flops": int(sum(seg_flops[:k + 1])),   # what the chain runs: earlier exit heads included
+                      "flops": int(chain[k]),   # what the chain runs: earlier exit heads included
                       "val_accuracy": float(val_acc[k]), "latency_ms": None} for k, d in enumerate(exits)],
         "controller": {
             **{key: ref(tmp / file) for key, file in CONTROLLER_FILES.items()},
             "projection": ref(tmp / "projection.npz"),
+            # the compute the policy's state and oneshot's cost read, as fractions of the plain full depth
+            "costs": {"used": (chain / plain[-1]).tolist(), "plain": (plain / plain[-1]).tolist()},
+            "operating_points": operating_points(ckpt, ctrl),
             "features": {
                 "names": predictor_meta["feature_names"],
                 "input_stats": {"kind": task["kind"], **INPUT_STATS[task["kind"]]},

@@ -44,7 +44,6 @@ def text_stats(mask: np.ndarray, max_len: int) -> np.ndarray:
     return out
 
 
-def controller_features(stats: np.ndarray, first_logits: np.ndarray, first_pooled: np.ndarray,
-                        projection: np.ndarray) -> np.ndarray:
+def controller_features(stats: np.ndarray, first_logits: np.ndarray, projected: np.ndarray) -> np.ndarray:
     """(N, 3 + 3 + P) float32: input statistics, first-exit confidence, projected first-exit vector."""
-    return np.concatenate([stats, confidence(first_logits), first_pooled @ projection], -1).astype(np.float32)
+    return np.concatenate([stats, confidence(first_logits), projected], -1).astype(np.float32)

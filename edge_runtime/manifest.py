@@ -10,7 +10,10 @@ path relative to the engine directory and carries its sha256:
               [{name, shape (the batch axis by name, the rest ints), dtype}]
   variants    [{depth, exit_index, chain (segment indices, 0..exit_index), flops, val_accuracy, latency_ms}]
   controller  predictor, policy, policy_arrays, projection: each {file, sha256}; features (names, input
-              statistics, projection_dims and how the projection reads segment 0's output)
+              statistics, projection_dims and how the projection reads segment 0's output);
+              costs {used, plain}: per exit, the compute spent stopping there (every head on the way) and
+              the plain depth-d model's, as fractions of full depth; operating_points {progressive,
+              oneshot}: each {lambda, ...}, the budget chosen on the validation split
   reference   {file, sha256, ...}: a few test inputs and the PyTorch logits of every exit
   build       backend, precision, opset, versions {onnx, onnxruntime, torch, python},
               device {machine, processor, system}
@@ -27,7 +30,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from edge_runtime.errors import EdgeError, Exit
 
 SCHEMA = "edge-engines"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: controller.costs and controller.operating_points
 MANIFEST = "manifest.json"
 CONTROLLER_FILES = ("predictor", "policy", "policy_arrays", "projection")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -140,6 +143,17 @@ def validate(m) -> dict:
     features = need(controller, "features", dict, "controller.")
     need(features, "names", list, "controller.features.")
     need(features, "projection_dims", int, "controller.features.")
+    costs = need(controller, "costs", dict, "controller.")
+    for key in ("used", "plain"):
+        values = need(costs, key, list, "controller.costs.")
+        if len(values) != len(segments) or not all(isinstance(v, (int, float)) and v > 0 for v in values):
+            raise bad(f"controller.costs.{key} must hold {len(segments)} positive numbers, one per exit")
+    points = need(controller, "operating_points", dict, "controller.")
+    for mode in ("progressive", "oneshot"):
+        lam = need(need(points, mode, dict, "controller.operating_points."), "lambda", (int, float),
+                   f"controller.operating_points.{mode}.")
+        if not lam >= 0:
+            raise bad(f"controller.operating_points.{mode}.lambda {lam} must be >= 0")
     file_ref(need(m, "reference", dict, ""), "reference.")
 
     build = need(m, "build", dict, "")

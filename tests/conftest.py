@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from edge_model import cli
+from edge_runtime import cli as infer_cli
+from edge_runtime.errors import Exit
 
 # Two cores shared with long background trainings: one intra-op thread keeps every test polite.
 torch.set_num_threads(1)
@@ -26,6 +28,11 @@ def run_main(main, *args) -> tuple:
 def run_cli(*args) -> tuple:
     """`edge-model ARGS...` in this process."""
     return run_main(cli.main, *args)
+
+
+def run_infer(*args) -> tuple:
+    """`edge-infer ARGS...` in this process."""
+    return run_main(infer_cli.main, *args)
 
 
 def assert_one_line_error(result, code, prog: str, *words):
@@ -54,3 +61,19 @@ def digits_copy(digits_ckpt, tmp_path):
     dst = tmp_path / "ckpt"
     shutil.copytree(digits_ckpt, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def exported(digits_ckpt, tmp_path_factory):
+    """(checkpoint, engine dir): a tiny controller fitted on a copy of the digits checkpoint, then exported."""
+    root = tmp_path_factory.mktemp("engines")
+    ckpt = root / "ckpt"
+    shutil.copytree(digits_ckpt, ckpt)
+    for args in (("cache-exits", "--checkpoint", ckpt),
+                 ("fit-controller", "--checkpoint", ckpt, "--updates", "3", "--episodes", "128", "--minibatch",
+                  "128", "--hidden", "8", "--no-progress"),
+                 ("export", "--checkpoint", ckpt, "--out", root / "engines" / "digits", "--no-progress")):
+        out, err, code = run_cli(*args)
+        assert code == Exit.OK, (args[0], err)
+    assert "edge-infer check --engine-dir" in out
+    return ckpt, root / "engines" / "digits"

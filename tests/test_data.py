@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edge_model.data import SPLITS, load_dataset
-from edge_model.data.images import FMNIST_FILES, FMNIST_VAL
+from edge_runtime.datasets import FMNIST_FILES, FMNIST_VAL
 from edge_runtime.errors import EdgeError, Exit
 
 

@@ -8,34 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli, run_main
-from edge_runtime import cli as infer_cli
+from conftest import assert_one_line_error, run_cli, run_infer
 from edge_runtime.errors import EdgeError, Exit
-
-
-def run_infer(*args) -> tuple:
-    """`edge-infer ARGS...` in this process."""
-    return run_main(infer_cli.main, *args)
 
 
 def assert_refused(result, code: Exit, *words):
     assert_one_line_error(result, code, "edge-infer", *words)
-
-
-@pytest.fixture(scope="session")
-def exported(digits_ckpt, tmp_path_factory):
-    """(checkpoint, engine dir): a tiny controller fitted on a copy of the digits checkpoint, then exported."""
-    root = tmp_path_factory.mktemp("engines")
-    ckpt = root / "ckpt"
-    shutil.copytree(digits_ckpt, ckpt)
-    for args in (("cache-exits", "--checkpoint", ckpt),
-                 ("fit-controller", "--checkpoint", ckpt, "--updates", "3", "--episodes", "128", "--minibatch",
-                  "128", "--hidden", "8", "--no-progress"),
-                 ("export", "--checkpoint", ckpt, "--out", root / "engines" / "digits", "--no-progress")):
-        out, err, code = run_cli(*args)
-        assert code == Exit.OK, (args[0], err)
-    assert "edge-infer check --engine-dir" in out
-    return ckpt, root / "engines" / "digits"
 
 
 @pytest.fixture
@@ -56,7 +34,7 @@ def edit_manifest(engine_dir, change):
 def test_export_writes_a_complete_verified_directory(exported):
     ckpt, engines = exported
     m = json.loads((engines / "manifest.json").read_text())
-    assert (m["schema"], m["schema_version"], m["name"]) == ("edge-engines", 1, "digits")
+    assert (m["schema"], m["schema_version"], m["name"]) == ("edge-engines", 2, "digits")
     assert [s["exit"] for s in m["segments"]] == [1, 2, 3, 4]
     assert [v["chain"] for v in m["variants"]] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
     flops = [v["flops"] for v in m["variants"]]
@@ -167,8 +145,8 @@ REFUSALS = {
     "absolute": (lambda d: edit_manifest(d, lambda m: m["reference"].update(file=str(d / "reference.npz"))),
                  Exit.CORRUPT, ["not a relative path", "reference.file"]),
     "link-outside": (outside_link, Exit.CORRUPT, ["segment_0.onnx | resolves outside"]),
-    "schema-version": (lambda d: edit_manifest(d, lambda m: m.update(schema_version=2)),
-                       Exit.CORRUPT, ["manifest.json | schema_version 2, this runtime reads 1"]),
+    "schema-version": (lambda d: edit_manifest(d, lambda m: m.update(schema_version=1)),
+                       Exit.CORRUPT, ["manifest.json | schema_version 1, this runtime reads 2"]),
     "other-schema": (lambda d: edit_manifest(d, lambda m: m.update(schema="something")),
                      Exit.CORRUPT, ["manifest.json | schema 'something'"]),
     "other-backend": (lambda d: edit_manifest(d, lambda m: m["build"].update(backend="tensorrt")),

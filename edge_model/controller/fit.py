@@ -16,7 +16,8 @@ from edge_model.checkpoint import read_config, write_json
 from edge_model.controller.policy import (PolicyMethod, PPOConfig, export_policy_onnx, step_flops,
                                           table_states, train_policy)
 from edge_model.controller.predictor import Predictor, fit_predictor, fit_projection, predictor_report
-from edge_model.controller.report import Family, controller_report, standard_families, write_report
+from edge_model.controller.report import (Family, choose_on_val, controller_report, standard_families, sweep,
+                                          write_report)
 from edge_model.controller.table import ExitTable
 from edge_model.exits import load_exits
 from edge_runtime.errors import EdgeError, Exit
@@ -143,6 +144,26 @@ def eval_controller(ckpt_dir, report_dir=None, controller_dir=None, compare=None
     with open(out / "controller.md", "a") as f:
         f.write(ablation_markdown(report["ablations"], summary))
     return report
+
+
+def operating_points(ckpt_dir, controller_dir=None) -> dict:
+    """The budget lambda of `progressive` (the policy) and `oneshot`, chosen on the validation split by the
+    report's rule (report.choose_on_val): what an engine directory serves by default."""
+    ctrl = Path(controller_dir or Path(ckpt_dir) / "controller")
+    val = load_tables(ckpt_dir, ("val",))["val"]
+    predictor = Predictor.load(ctrl)
+    proba = predictor.proba(predictor.features(val))
+    arrays = PolicyArrays.load(ctrl / "policy.npz")
+    full = float(val.correct[:, -1].mean())
+    oneshot = next(f for f in standard_families(val, proba) if f.name == "oneshot")
+    out = {}
+    for mode, family in (("progressive", Family("policy", lambda lam: PolicyMethod(arrays, lam), LAMBDAS)),
+                         ("oneshot", oneshot)):
+        point = choose_on_val(sweep(family, val, proba), full)
+        out[mode] = {"lambda": float(point["knob"]), "val_accuracy": point["accuracy"],
+                     "val_flops_fraction": point["flops_fraction"]}
+    return {"chosen": "on the validation split: the cheapest lambda within 0.3 points of full depth",
+            "val_full_accuracy": full, **out}
 
 
 def ablations(report: dict, summary: dict, ckpt_dir, compare) -> dict:

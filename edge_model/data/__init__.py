@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_runtime.datasets import split_indices  # noqa: F401  (one split rule, shared with the device)
 from edge_runtime.errors import EdgeError, Exit
 
 SPLITS = ("train", "val", "test")
@@ -38,14 +39,6 @@ class Dataset:
         if split not in self.splits:
             raise EdgeError(f"dataset {self.name} | no split '{split}' (have: {', '.join(self.splits)})")
         return self.splits[split]
-
-
-def split_indices(n: int, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict:
-    """A seeded permutation cut into train/val/test: the same n and seed give the same split."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val, n_test = int(round(n * fractions[1])), int(round(n * fractions[2]))
-    return {"train": np.sort(perm[n_val + n_test:]), "val": np.sort(perm[:n_val]),
-            "test": np.sort(perm[n_val:n_val + n_test])}
 
 
 def take(x, idx):

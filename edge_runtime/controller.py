@@ -1,0 +1,139 @@
+"""The two-level controller on the device: what decides, at each exit boundary, which rows stop.
+
+Level 1 runs once, after segment 0: the features (edge_runtime.features, the definition the workstation
+fitted on) and the LightGBM predictor (predictor.onnx) give a distribution over the exit each input needs.
+Level 2 is the LSTM policy's numpy step (policy.npz) at every boundary, fed by the same `policy_state`
+PPO trained on. Modes:
+  progressive   the policy at every boundary (the paper's controller)
+  oneshot       after exit 0, fix d = argmax_d P(l* <= d) - lambda * cost(d) from the predictor
+  fixed:D       depth D (a variant's depth); full: the last exit
+Rows are handled as arrays: `Decision.keep(rows)` drops the rows that stopped, so the scheduler can run
+the next segment on the rest (batched early exit) with each row's state intact.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.features import confidence, controller_features, image_stats, text_stats
+from edge_runtime.policy import policy_state
+
+MODES = ("progressive", "oneshot", "fixed:D", "full")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str           # progressive | oneshot | fixed
+    exit_index: int = -1   # fixed: the exit to stop at
+
+    @classmethod
+    def parse(cls, text: str, depths: list) -> "Mode":
+        """'progressive', 'oneshot', 'full' or 'fixed:D' with D one of `depths` (layer numbers)."""
+        text = str(text).strip()
+        if text in ("progressive", "oneshot"):
+            return cls(text)
+        if text == "full":
+            return cls("fixed", len(depths) - 1)
+        if text.startswith("fixed:"):
+            try:
+                d = int(text.split(":", 1)[1])
+            except ValueError:
+                d = None
+            if d not in depths:
+                raise EdgeError(f"mode '{text}' | D must be one of the depths {', '.join(map(str, depths))}",
+                                Exit.BAD_INPUT)
+            return cls("fixed", depths.index(d))
+        raise EdgeError(f"mode '{text}' | unknown (modes: {', '.join(MODES)})", Exit.BAD_INPUT)
+
+    def __str__(self):
+        return self.name if self.name != "fixed" else f"fixed exit {self.exit_index}"
+
+
+def check_budget(lam) -> float:
+    try:
+        lam = float(lam)
+    except (TypeError, ValueError):
+        raise EdgeError(f"budget {lam!r} | not a number", Exit.BAD_INPUT) from None
+    if not (np.isfinite(lam) and lam > 0):
+        raise EdgeError(f"budget {lam} | lambda must be a positive number", Exit.BAD_INPUT)
+    return lam
+
+
+class Decision:
+    """The controller's per-row state for one batch, from segment 0 to the last row's stop."""
+
+    def __init__(self, controller: "Controller", mode: Mode, lam: np.ndarray, proba: np.ndarray):
+        self.c, self.mode, self.lam, self.proba = controller, mode, lam, proba
+        n = len(lam)
+        self.h, self.cell = controller.policy.zero_state(n) if mode.name == "progressive" else (None, None)
+        self.preds = np.zeros((n, controller.num_exits), np.int64)   # each exit's argmax so far
+        self.target = None
+        if mode.name == "oneshot":
+            score = np.cumsum(proba, 1) - lam[:, None] * controller.plain[None]
+            self.target = score.argmax(1)
+
+    def stop(self, k: int, logits: np.ndarray) -> np.ndarray:
+        """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes)."""
+        n, last = len(logits), self.c.num_exits - 1
+        self.preds[:, k] = logits.argmax(-1)
+        if k == last:
+            return np.ones(n, bool)
+        if self.mode.name == "fixed":
+            return np.full(n, k >= self.mode.exit_index)
+        if self.mode.name == "oneshot":
+            return self.target <= k
+        prev = self.preds[:, :k]
+        agree = np.zeros((n, 2), np.float32)
+        if k > 0:
+            agree[:, 0] = (prev == self.preds[:, k:k + 1]).mean(1)
+            agree[:, 1] = prev[:, -1] == self.preds[:, k]
+        x = policy_state(self.proba, k, confidence(logits), agree, self.c.used[k], self.lam,
+                         self.c.policy.use_predictor)
+        logit, _, self.h, self.cell = self.c.policy.step(x, self.h, self.cell)
+        return logit > 0
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Keep only `rows` (indices or a mask) for the boundaries to come."""
+        self.lam, self.proba, self.preds = self.lam[rows], self.proba[rows], self.preds[rows]
+        if self.h is not None:
+            self.h, self.cell = self.h[rows], self.cell[rows]
+        if self.target is not None:
+            self.target = self.target[rows]
+
+
+class Controller:
+    """Level 1 and level 2 of an opened EngineDir."""
+
+    def __init__(self, engine, threads: int = 1):
+        from edge_runtime.backends.ort import session_from_file
+        ctrl = engine.controller
+        self.num_exits = len(engine.segments)
+        self.projection = engine.projection()
+        self.policy = engine.policy_arrays()
+        self.used = np.asarray(ctrl["costs"]["used"], np.float64)
+        self.plain = np.asarray(ctrl["costs"]["plain"], np.float64)
+        self.operating_points = ctrl["operating_points"]
+        self.text = engine.task["kind"] == "text"
+        self.max_len = int(engine.task["preprocess"].get("max_len", 0))
+        self.predictor = session_from_file(engine.file(ctrl["predictor"]["file"]), ["CPUExecutionProvider"],
+                                           threads, ctrl["predictor"]["file"])
+        self.predictor_in = self.predictor.get_inputs()[0].name
+
+    def default_budget(self, mode: Mode) -> float:
+        point = self.operating_points.get(mode.name)
+        return float(point["lambda"]) if point else 1.0
+
+    def features(self, feed: dict, hidden0: np.ndarray, logits0: np.ndarray) -> np.ndarray:
+        """(N, F) the predictor's input from segment 0's feed and outputs."""
+        mask = feed.get("attention_mask")
+        stats = text_stats(mask, self.max_len) if self.text else image_stats(feed["pixels"])
+        return controller_features(stats, logits0, self.projection(hidden0, mask))
+
+    def start(self, mode: Mode, lam: np.ndarray, feed: dict, hidden0, logits0) -> Decision:
+        """The decision state after segment 0; level 1 runs here unless the mode never reads it."""
+        if mode.name == "fixed":
+            proba = np.zeros((len(lam), self.num_exits), np.float32)
+        else:
+            x = self.features(feed, hidden0, logits0)
+            proba = self.predictor.run(["proba"], {self.predictor_in: x})[0]
+        return Decision(self, mode, lam, proba)

@@ -1,0 +1,125 @@
+"""The runtime API on the exported digits engines: modes, batched early exit, parity with the workstation's
+controller on the cached exits, and bad input."""
+import numpy as np
+import pytest
+
+from edge_model.controller.fit import load_tables
+from edge_model.controller.methods import OneShot, run
+from edge_model.controller.policy import PolicyMethod
+from edge_model.controller.predictor import Predictor
+from edge_runtime.controller import Mode
+from edge_runtime.datasets import image_split
+from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.policy import ARRAYS, PolicyArrays
+from edge_runtime.runtime import Runtime
+
+
+@pytest.fixture(scope="module")
+def rt(exported):
+    with Runtime.open(exported[1]) as runtime:
+        yield runtime
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    x, y, _ = image_split("digits", "test")
+    return x, y
+
+
+def test_infer_returns_a_result(rt, test_images):
+    r = rt.infer(test_images[0][0])
+    assert r.label == rt.labels[r.index] and 0 < r.score <= 1
+    assert r.depth in rt.depths and r.flops == rt.chain_flops[r.exit_index]
+    assert set(r.timings) == {"preprocess", "segments", "controller", "postprocess"}
+    assert r.as_dict()["depth"] == r.depth
+
+
+def test_fixed_and_full_modes_stop_where_told(rt, test_images):
+    x = test_images[0][:20]
+    for k, d in enumerate(rt.depths):
+        assert {r.exit_index for r in rt.infer_batch(x, mode=f"fixed:{d}")} == {k}
+    full = rt.infer_batch(x, mode="full")
+    assert {r.depth for r in full} == {rt.depths[-1]}
+
+
+def random_policy(policy, seed: int = 2) -> PolicyArrays:
+    """The fitted policy's shapes with random weights (seed and scales picked so that at lambda 0.5 the
+    digits rows stop at three different exits): the LSTM state of the rows that go on must survive the
+    batch shrinking. The tiny test controller itself stops everyone at the first exit."""
+    rng = np.random.default_rng(seed)
+    arrays = {k: rng.normal(0, 0.3, getattr(policy, k).shape).astype(np.float32) for k in ARRAYS}
+    arrays["w_actor"] *= 33.0
+    arrays["b_actor"] = np.float32(-1.0)
+    return PolicyArrays(**arrays, use_predictor=True)
+
+
+def test_batched_early_exit_equals_one_by_one(exported, test_images):
+    x = test_images[0][:64]
+    with Runtime.open(exported[1]) as rt:
+        rt.controller.policy = random_policy(rt.controller.policy)
+        for mode, lam in (("progressive", 0.5), ("oneshot", 0.05)):
+            batch = rt.infer_batch(x, budget=lam, mode=mode)
+            alone = [rt.infer(im, budget=lam, mode=mode) for im in x]
+            assert [r.exit_index for r in batch] == [r.exit_index for r in alone]
+            assert [r.index for r in batch] == [r.index for r in alone]
+            np.testing.assert_allclose(np.stack([r.logits for r in batch]),
+                                       np.stack([r.logits for r in alone]), atol=1e-5)
+            assert len({r.exit_index for r in batch}) > 2, f"{mode}: rows must stop at several exits"
+
+
+def test_decisions_match_the_workstation_controller(rt, exported, test_images):
+    """The device's controller (ONNX segments, numpy features, predictor.onnx, numpy policy) stops where the
+    workstation's (PyTorch exit cache, LightGBM, the same policy arrays) does."""
+    ckpt = exported[0]
+    table = load_tables(ckpt, ("test",))["test"]
+    pred = Predictor.load(ckpt / "controller")
+    proba = pred.proba(pred.features(table))
+    x = test_images[0]
+    lam = rt.budget_for(rt.mode)
+    device = np.array([r.exit_index for r in rt.infer_batch(x, budget=lam)])
+    host = run(PolicyMethod(rt.controller.policy, lam), table, proba)
+    assert (device == host).mean() >= 0.99
+    lam1 = rt.budget_for(Mode("oneshot"))
+    device = np.array([r.exit_index for r in rt.infer_batch(x, mode="oneshot")])
+    assert (device == run(OneShot(lam1), table, proba)).mean() >= 0.99
+
+
+def test_stats_count_every_input(exported, test_images):
+    with Runtime.open(exported[1], mode="full") as runtime:
+        runtime.infer_batch(test_images[0][:10])
+        runtime.infer(test_images[0][10])
+        s = runtime.stats()
+    assert s["inputs"] == 11 and s["calls"] == 2
+    assert s["depth_histogram"][str(runtime.depths[-1])] == 11
+    assert s["flops_fraction"] == pytest.approx(1.0)
+
+
+def test_colour_frames_of_any_size_are_accepted(rt):
+    frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    assert rt.infer(frame).label in rt.labels
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.full((8, 8), np.nan), "NaN"),
+    (np.zeros((2, 3, 4, 5)), "(H, W) or (H, W, C)"),
+    (np.zeros((8, 8, 2)), "2 channels"),
+    (np.array([["a"]]), "dtype"),
+])
+def test_bad_api_input_is_one_clear_error(rt, bad, words):
+    with pytest.raises(EdgeError) as e:
+        rt.infer(bad)
+    assert e.value.exit == Exit.BAD_INPUT and words in str(e.value)
+
+
+def test_bad_budget_and_mode(rt, test_images):
+    for kwargs, words in (({"budget": -1}, "positive"), ({"budget": float("nan")}, "positive"),
+                          ({"mode": "fixed:5"}, "one of the depths"), ({"mode": "fast"}, "unknown")):
+        with pytest.raises(EdgeError) as e:
+            rt.infer(test_images[0][0], **kwargs)
+        assert e.value.exit == Exit.BAD_INPUT and words in str(e.value)
+
+
+def test_wrong_engine_dir_is_one_clear_error(tmp_path):
+    with pytest.raises(EdgeError) as e:
+        Runtime.open(tmp_path / "nowhere")
+    assert e.value.exit == Exit.NOT_FOUND and "not a directory" in str(e.value)
