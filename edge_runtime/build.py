@@ -24,7 +24,6 @@ directory and the manifest gains (or replaces) one entry of its `builds` list (r
 `open_build(engine, precision)` returns the built graphs, each checked against its sha256, for a Backend.
 """
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -39,7 +38,7 @@ from edge_runtime.calibration import DEFAULT_DIR, METHODS, ChainReader, cache_pa
 from edge_runtime.check import run_chain
 from edge_runtime.engine_dir import EngineDir, GraphSpec, sha256_file, verified_file
 from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.manifest import MANIFEST, file_ref, need, read_manifest, validate
+from edge_runtime.manifest import MANIFEST, file_ref, need, read_manifest, write_manifest
 
 PRECISIONS = {"fp32": "opt", "int8": "int8"}   # precision -> the infix of its files: segment_K.<infix>.onnx
 OPT_LEVELS = ("extended", "basic")
@@ -233,11 +232,7 @@ def record_build(root, entry: dict) -> dict:
     builds = [b for b in manifest.get("builds", []) if b.get("precision") != entry["precision"]] + [entry]
     manifest["builds"] = sorted(builds, key=lambda b: list(PRECISIONS).index(b["precision"])
                                 if b.get("precision") in PRECISIONS else len(PRECISIONS))
-    validate(manifest)
-    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, root / MANIFEST)
-    return manifest
+    return write_manifest(root, manifest)
 
 
 def open_build(engine: EngineDir, precision: str) -> dict:

@@ -49,6 +49,107 @@ def cmd_info(args) -> int:
     return Exit.OK
 
 
+def open_runtime(args):
+    from edge_runtime.runtime import Runtime
+    return Runtime.open(args.engine_dir, backend=args.backend, mode=args.mode, budget=args.budget,
+                        precision=args.precision, threads=args.threads or 1,   # 1: predictable latency
+                        providers=[p.strip() for p in args.providers.split(",") if p.strip()])
+
+
+def cmd_run(args) -> int:
+    import json
+    import logging
+    from pathlib import Path
+
+    from edge_runtime.sinks import JsonLines, open_output
+    from edge_runtime.sources import SourceOptions, open_source
+    from edge_runtime.stream import StreamOptions, run_stream, summary_text
+    from edge_runtime.telemetry import Telemetry
+    logging.basicConfig(level=args.log_level.upper(), format="edge-infer: %(message)s")
+    log = logging.getLogger("edge-infer")
+    if not 0.0 <= args.shadow <= 1.0:
+        raise EdgeError(f"--shadow {args.shadow} | a fraction of frames, 0..1", Exit.BAD_INPUT)
+    if args.max_frames < 0 or args.deadline_ms < 0:
+        raise EdgeError("--max-frames and --deadline-ms | must be >= 0", Exit.BAD_INPUT)
+    sinks, telemetry, source = [], None, None
+    with open_runtime(args) as rt:
+        text = rt.text
+        options = SourceOptions(args.input_width, args.input_height, args.input_rate, args.input_loop)
+        source = open_source(args.input, options, text=text)
+        try:
+            for note in source.notes:
+                log.warning(note)
+            source.notes.clear()
+            output = args.output or (None if args.headless else "display://0")
+            if output:
+                try:
+                    sinks.append(open_output(output, args.input_rate or 30.0, text))
+                except EdgeError:
+                    if args.output:
+                        raise
+                    log.warning("no display here: running headless (pass --headless to say so)")
+            if args.json:
+                sinks.append(JsonLines(args.json))
+            if args.telemetry != "none":
+                telemetry = Telemetry(args.telemetry_interval, args.telemetry).start()
+            print(f"{rt.engine.name}: {rt.mode} mode, lambda {rt.budget_for(rt.mode):.4g}"
+                  + (f", deadline {args.deadline_ms:g} ms" if args.deadline_ms else "")
+                  + f", {rt.graphs_label} on {rt.backend.name}; input {source.uri}"
+                  + (f"; {telemetry.describe()}" if telemetry else ""), flush=True)
+            stream = StreamOptions(args.max_frames, args.quiet, args.summary_every, args.shadow, args.deadline_ms,
+                                   args.budget)
+            summary = run_stream(rt, source, sinks, stream, telemetry)
+        finally:
+            if telemetry:
+                telemetry.close()
+            for sink in sinks:
+                sink.close()
+            source.close()
+        for note in source.notes:
+            log.warning(note)
+    summary.update(engine=rt.engine.name, input=source.uri, mode=str(rt.mode),
+                   telemetry=telemetry.describe() if telemetry else "off")
+    print(summary_text(summary))
+    if args.summary:
+        from edge_runtime.report import write_json_md
+        write_json_md(Path(args.summary), summary, "edge-infer run", summary_text(summary))
+    if args.print_json:
+        print(json.dumps(summary))
+    return Exit.OK
+
+
+def cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from edge_runtime.bench import BenchOptions, bench, markdown, store
+    from edge_runtime.report import write_json_md
+    options = BenchOptions.from_args(args)
+    with open_runtime(args) as rt:
+        print(f"bench {rt.engine.name}: {rt.graphs_label} on {rt.backend.name}, "
+              f"{rt.backend.intra_op_num_threads} thread(s)", flush=True)
+        result = bench(rt, options, say=print if options.progress else (lambda *a, **k: None))
+        if options.store:
+            store(rt, result)
+    text = markdown(result)
+    print(text)
+    if args.export:
+        write_json_md(Path(args.export), result, f"edge-infer bench: {result['engine']}", text)
+    return Exit.OK
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    from edge_runtime.backends import BackendOptions
+    from edge_runtime.controller import MODES
+    p.add_argument("--engine-dir", required=True, metavar="DIR")
+    g = p.add_argument_group("controller")
+    g.add_argument("--mode", default="progressive", help=f"{', '.join(MODES)} (default progressive)")
+    g.add_argument("--budget", type=float, default=None, metavar="LAMBDA",
+                   help="the price of compute (default: the lambda chosen on validation for the mode)")
+    g.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                   help="fp32 (the optimised build when there is one) or int8 (needs edge-infer build)")
+    BackendOptions.add_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.backends import BackendOptions
     from edge_runtime.build import BuildOptions
@@ -68,14 +169,53 @@ def build_parser() -> argparse.ArgumentParser:
     BuildOptions.add_args(b)
     BackendOptions.add_args(b)
     b.set_defaults(func=cmd_build)
+    r = sub.add_parser("run", help="adaptive inference on a stream: edge-infer [run] INPUT [OUTPUT] --engine-dir DIR",
+                       description="Sources: dataset://NAME/SPLIT[?limit=N], csi://N, /dev/videoN, v4l2://N, cameraN, "
+                       "rtsp://..., video and image files, directories; for text models a text file or -.")
+    r.add_argument("input", metavar="INPUT")
+    r.add_argument("output", nargs="?", default=None, metavar="OUTPUT", help="display://N or a video file")
+    add_runtime_args(r)
+    r.add_argument("--deadline-ms", type=float, default=0.0, metavar="MS",
+                   help="pick lambda per frame to fit this latency (needs edge-infer bench first)")
+    r.add_argument("--shadow", type=float, default=0.0, metavar="P",
+                   help="run a fraction P of frames at full depth too, and report how often the answers differ")
+    g = r.add_argument_group("input")
+    g.add_argument("--input-width", type=int, default=0)
+    g.add_argument("--input-height", type=int, default=0)
+    g.add_argument("--input-rate", type=float, default=0.0, help="frames per second (0: as fast as they come)")
+    g.add_argument("--input-loop", type=int, default=0, help="extra passes over a file or dataset (-1: forever)")
+    g = r.add_argument_group("output")
+    g.add_argument("--headless", action="store_true", help="no display window")
+    g.add_argument("--json", default=None, metavar="FILE", help="JSON Lines, one record per frame")
+    g.add_argument("--summary", default=None, metavar="FILE", help="the final summary as JSON (+ .md beside)")
+    g.add_argument("--print-json", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0: the whole input)")
+    g.add_argument("--quiet", action="store_true", help="no line per frame")
+    g.add_argument("--summary-every", type=float, default=5.0, metavar="S", help="seconds between summaries")
+    g.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    g.add_argument("--telemetry", default="auto", choices=("auto", "jtop", "nvml", "system", "none"))
+    g.add_argument("--telemetry-interval", type=float, default=0.5, metavar="S")
+    r.set_defaults(func=cmd_run)
+    bn = sub.add_parser("bench", help="latency per variant, adaptive vs full, controller overhead, throughput")
+    add_runtime_args(bn)
+    from edge_runtime.bench import BenchOptions
+    BenchOptions.add_args(bn)
+    bn.set_defaults(func=cmd_bench)
     i = sub.add_parser("info", help="manifest summary, provenance, variants, and whether the build fits here")
     i.add_argument("--engine-dir", required=True, metavar="DIR")
     i.set_defaults(func=cmd_info)
     return p
 
 
+COMMANDS = ("check", "build", "info", "run", "bench")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # jetson-inference's shape: `edge-infer INPUT [OUTPUT] --engine-dir DIR` means `edge-infer run ...`
+    if not any(a in COMMANDS for a in argv) and any(not a.startswith("-") for a in argv):
+        argv.insert(0, "run")
     args = parser.parse_args(argv)
     try:
         if args.command is None:

@@ -72,8 +72,9 @@ class Decision:
             score = np.cumsum(proba, 1) - lam[:, None] * controller.plain[None]
             self.target = score.argmax(1)
 
-    def stop(self, k: int, logits: np.ndarray) -> np.ndarray:
-        """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes)."""
+    def stop(self, k: int, logits: np.ndarray, conf: np.ndarray = None) -> np.ndarray:
+        """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes) and, when already
+        computed, their confidence features."""
         n, last = len(logits), self.c.num_exits - 1
         self.preds[:, k] = logits.argmax(-1)
         if k == last:
@@ -87,8 +88,8 @@ class Decision:
         if k > 0:
             agree[:, 0] = (prev == self.preds[:, k:k + 1]).mean(1)
             agree[:, 1] = prev[:, -1] == self.preds[:, k]
-        x = policy_state(self.proba, k, confidence(logits), agree, self.c.used[k], self.lam,
-                         self.c.policy.use_predictor)
+        conf = confidence(logits) if conf is None else conf
+        x = policy_state(self.proba, k, conf, agree, self.c.used[k], self.lam, self.c.policy.use_predictor)
         logit, _, self.h, self.cell = self.c.policy.step(x, self.h, self.cell)
         return logit > 0
 
@@ -123,17 +124,17 @@ class Controller:
         point = self.operating_points.get(mode.name)
         return float(point["lambda"]) if point else 1.0
 
-    def features(self, feed: dict, hidden0: np.ndarray, logits0: np.ndarray) -> np.ndarray:
-        """(N, F) the predictor's input from segment 0's feed and outputs."""
+    def features(self, feed: dict, hidden0: np.ndarray, conf0: np.ndarray) -> np.ndarray:
+        """(N, F) the predictor's input from segment 0's feed, hidden output and exit confidence."""
         mask = feed.get("attention_mask")
         stats = text_stats(mask, self.max_len) if self.text else image_stats(feed["pixels"])
-        return controller_features(stats, logits0, self.projection(hidden0, mask))
+        return controller_features(stats, conf0, self.projection(hidden0, mask))
 
-    def start(self, mode: Mode, lam: np.ndarray, feed: dict, hidden0, logits0) -> Decision:
+    def start(self, mode: Mode, lam: np.ndarray, feed: dict, hidden0, conf0) -> Decision:
         """The decision state after segment 0; level 1 runs here unless the mode never reads it."""
         if mode.name == "fixed":
             proba = np.zeros((len(lam), self.num_exits), np.float32)
         else:
-            x = self.features(feed, hidden0, logits0)
+            x = self.features(feed, hidden0, conf0)
             proba = self.predictor.run(["proba"], {self.predictor_in: x})[0]
         return Decision(self, mode, lam, proba)

@@ -131,9 +131,9 @@ class Projection:
         else:
             keep = mask.astype(np.float32)[:, :, None]                         # (N, T, 1)
             pooled = (hidden * keep).sum(1) / np.clip(keep.sum(1), 1.0, None)
-        mu = pooled.mean(-1, keepdims=True)
-        var = ((pooled - mu) ** 2).mean(-1, keepdims=True)
-        return ((pooled - mu) / np.sqrt(var + self.eps)).astype(np.float32)
+        pooled -= pooled.mean(-1, keepdims=True)
+        pooled /= np.sqrt((pooled * pooled).mean(-1, keepdims=True) + self.eps)
+        return pooled.astype(np.float32, copy=False)
 
     def __call__(self, hidden: np.ndarray, mask: np.ndarray = None) -> np.ndarray:
         """(N, P) projected features from segment 0's hidden_out (N, T, C)."""

@@ -23,18 +23,35 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def confidence(logits: np.ndarray) -> np.ndarray:
-    """(..., 3) max probability, margin, normalised entropy of (..., classes) logits."""
-    p = softmax(logits.astype(np.float64))
-    top2 = np.sort(p, -1)[..., -2:]
-    entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(-1) / np.log(p.shape[-1])
-    return np.stack([top2[..., 1], top2[..., 1] - top2[..., 0], entropy], -1).astype(np.float32)
+    """(..., 3) max probability, margin, normalised entropy of (..., classes) logits.
+
+    Written for few numpy calls: the device runs it once per input per boundary, where each call's
+    fixed overhead (about a microsecond) costs more than the arithmetic on ten numbers."""
+    z = logits.astype(np.float64)
+    z -= z.max(-1, keepdims=True)
+    e = np.exp(z)
+    total = e.sum(-1, keepdims=True)
+    top2 = np.partition(e, -2, axis=-1)[..., -2:] / total
+    log_p = z - np.log(total)                                   # exact log-softmax: no clipping needed
+    out = np.empty(logits.shape[:-1] + (3,), np.float32)
+    out[..., 0] = top2[..., 1]
+    out[..., 1] = top2[..., 1] - top2[..., 0]
+    out[..., 2] = -(e * log_p).sum(-1) / (total[..., 0] * np.log(logits.shape[-1]))
+    return out
 
 
 def image_stats(x: np.ndarray) -> np.ndarray:
     """(N, 3) from preprocessed (N, C, H, W) images."""
-    x = x.astype(np.float32)
-    edges = np.abs(np.diff(x, axis=-1)).mean((1, 2, 3)) + np.abs(np.diff(x, axis=-2)).mean((1, 2, 3))
-    return np.stack([x.mean((1, 2, 3)), x.std((1, 2, 3)), edges], -1).astype(np.float32)
+    x = x.astype(np.float32, copy=False)
+    n = len(x)
+    flat = x.reshape(n, -1)                 # reductions over one contiguous axis: several times faster
+    out = np.empty((n, 3), np.float32)
+    out[:, 0] = flat.mean(1)
+    dev = flat - out[:, :1]
+    out[:, 1] = np.sqrt((dev * dev).mean(1))
+    out[:, 2] = (np.abs(x[..., 1:] - x[..., :-1]).reshape(n, -1).mean(1)
+                 + np.abs(x[..., 1:, :] - x[..., :-1, :]).reshape(n, -1).mean(1))
+    return out
 
 
 def text_stats(mask: np.ndarray, max_len: int) -> np.ndarray:
@@ -44,6 +61,7 @@ def text_stats(mask: np.ndarray, max_len: int) -> np.ndarray:
     return out
 
 
-def controller_features(stats: np.ndarray, first_logits: np.ndarray, projected: np.ndarray) -> np.ndarray:
-    """(N, 3 + 3 + P) float32: input statistics, first-exit confidence, projected first-exit vector."""
-    return np.concatenate([stats, confidence(first_logits), projected], -1).astype(np.float32)
+def controller_features(stats: np.ndarray, first_conf: np.ndarray, projected: np.ndarray) -> np.ndarray:
+    """(N, 3 + 3 + P) float32: input statistics, first-exit confidence (`confidence` of its logits),
+    projected first-exit vector."""
+    return np.concatenate([stats, first_conf, projected], -1).astype(np.float32, copy=False)

@@ -18,6 +18,8 @@ path relative to the engine directory and carries its sha256:
   build       backend, precision, opset, versions {onnx, onnxruntime, torch, python},
               device {machine, processor, system}
   provenance  git_commit, dataset, config_sha256, checkpoint
+  bench       (after edge-infer bench) machine, threads, budget_curve [{lambda, mean_ms}]: what
+              --deadline-ms reads; variants[].latency_ms is filled in by the same run
 
 This module checks the shape of that document and where its paths point; engine_dir.py checks the
 files themselves (existence, hashes) and the build stamp. Every refusal is one EdgeError line, subject
@@ -136,6 +138,10 @@ def validate(m) -> dict:
         need(v, "val_accuracy", (int, float), at)
         if v.get("latency_ms") is not None:
             need(v, "latency_ms", (int, float), at)
+    if m.get("bench") is not None:
+        for i, p in enumerate(need(need(m, "bench", dict, ""), "budget_curve", list, "bench.")):
+            need(p, "lambda", (int, float), f"bench.budget_curve[{i}].")
+            need(p, "mean_ms", (int, float), f"bench.budget_curve[{i}].")
 
     controller = need(m, "controller", dict, "")
     for key in CONTROLLER_FILES:
@@ -164,6 +170,17 @@ def validate(m) -> dict:
     need(build, "device", dict, "build.")
     need(m, "provenance", dict, "")
     return m
+
+
+def write_manifest(root, manifest: dict) -> dict:
+    """Validate `manifest` and write it into the engine directory `root`: temp name, then rename."""
+    import os
+    validate(manifest)
+    root = Path(root)
+    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, root / MANIFEST)
+    return manifest
 
 
 def file_refs(m: dict) -> list:

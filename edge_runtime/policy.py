@@ -26,15 +26,18 @@ def policy_state(proba: np.ndarray, k: int, conf: np.ndarray, agree: np.ndarray,
     exits (fraction, previous), compute used so far (fraction of full depth), position k / (E - 1), log lambda.
     """
     n, E = proba.shape
-    p = proba if use_predictor else np.zeros_like(proba)
-    lam = np.broadcast_to(np.asarray(lam, np.float32), (n,))
-    cols = [p, p[:, :k + 1].sum(1, keepdims=True), conf, agree, np.full((n, 1), used),
-            np.full((n, 1), k / max(E - 1, 1)), np.log(lam)[:, None]]
-    return np.concatenate(cols, 1).astype(np.float32)
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    x = np.empty((n, E + 9), np.float32)      # filled in place: few numpy calls per boundary
+    if use_predictor:
+        x[:, :E] = proba
+        x[:, E] = proba[:, :k + 1].sum(1)
+    else:
+        x[:, :E + 1] = 0.0
+    x[:, E + 1:E + 4] = conf
+    x[:, E + 4:E + 6] = agree
+    x[:, E + 6] = used
+    x[:, E + 7] = k / max(E - 1, 1)
+    x[:, E + 8] = np.log(lam)
+    return x
 
 
 @dataclass
@@ -57,13 +60,25 @@ class PolicyArrays:
     def zero_state(self, n: int):
         return np.zeros((n, self.hidden), np.float32), np.zeros((n, self.hidden), np.float32)
 
+    def __post_init__(self):
+        # one matmul per step: [x, h] @ [W_ih; W_hh]^T + (b_ih + b_hh), with the i, f, o rows (sigmoids)
+        # first and g (tanh) last so each nonlinearity is one call; actor and critic side by side
+        H = self.w_hh.shape[1]
+        order = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]          # i f g o -> i f o g
+        self._w = np.concatenate([self.w_ih, self.w_hh], 1)[order].T.copy()
+        self._b = (self.b_ih + self.b_hh)[order]
+        self._heads = np.stack([self.w_actor, self.w_critic], 1)
+        self._head_b = np.array([self.b_actor, self.b_critic], np.float32)
+
     def step(self, x, h, c):
         """(stop logit (N,), value (N,), h', c') for input x (N, S) and state h, c (N, H)."""
-        gates = x @ self.w_ih.T + self.b_ih + h @ self.w_hh.T + self.b_hh        # (N, 4H)
-        i, f, g, o = np.split(gates, 4, axis=1)
-        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-        h = sigmoid(o) * np.tanh(c)
-        return h @ self.w_actor + self.b_actor, h @ self.w_critic + self.b_critic, h, c
+        H = h.shape[1]
+        gates = np.concatenate([x, h], 1) @ self._w + self._b                   # (N, 4H): i f o g
+        ifo = 1.0 / (1.0 + np.exp(-gates[:, :3 * H]))
+        c = ifo[:, H:2 * H] * c + ifo[:, :H] * np.tanh(gates[:, 3 * H:])
+        h = ifo[:, 2 * H:] * np.tanh(c)
+        heads = h @ self._heads + self._head_b
+        return heads[:, 0], heads[:, 1], h, c
 
     def save(self, path) -> None:
         tmp = Path(str(path) + ".tmp.npz")

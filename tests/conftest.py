@@ -77,3 +77,11 @@ def exported(digits_ckpt, tmp_path_factory):
         assert code == Exit.OK, (args[0], err)
     assert "edge-infer check --engine-dir" in out
     return ckpt, root / "engines" / "digits"
+
+
+@pytest.fixture
+def engine_copy(exported, tmp_path):
+    """A private copy of the engine directory, free to damage."""
+    dst = tmp_path / "digits"
+    shutil.copytree(exported[1], dst)
+    return dst

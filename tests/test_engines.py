@@ -16,14 +16,6 @@ def assert_refused(result, code: Exit, *words):
     assert_one_line_error(result, code, "edge-infer", *words)
 
 
-@pytest.fixture
-def engine_copy(exported, tmp_path):
-    """A private copy of the engine directory, free to damage."""
-    dst = tmp_path / "digits"
-    shutil.copytree(exported[1], dst)
-    return dst
-
-
 def edit_manifest(engine_dir, change):
     path = engine_dir / "manifest.json"
     manifest = json.loads(path.read_text())

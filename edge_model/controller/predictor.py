@@ -77,7 +77,7 @@ def table_features(table: ExitTable, projection: np.ndarray) -> np.ndarray:
     if table.first_pooled.shape[1] != projection.shape[0]:
         raise EdgeError(f"projection | width {projection.shape[0]}, but the table's first_pooled has width "
                         f"{table.first_pooled.shape[1]}", Exit.BAD_INPUT)
-    return controller_features(table.input_stats, table.logits[:, 0], table.first_pooled @ projection)
+    return controller_features(table.input_stats, table.confidence[:, 0], table.first_pooled @ projection)
 
 
 def table_labels(table: ExitTable) -> np.ndarray:
