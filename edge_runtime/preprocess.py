@@ -89,7 +89,7 @@ class TextPreprocess:
         self.tokenizer.enable_truncation(self.max_len)
 
     def batch(self, texts) -> dict:
-        """{"input_ids", "attention_mask"}: (N, T) int64, padded to the longest text of the batch."""
+        """{"input_ids", "attention_mask"}: (N, max_len) int64 (the exported graphs are static at max_len)."""
         if len(texts) == 0:
             raise EdgeError("input | an empty batch", Exit.BAD_INPUT)
         for t in texts:
@@ -98,9 +98,8 @@ class TextPreprocess:
             if not t.strip():
                 raise EdgeError("input | an empty text", Exit.BAD_INPUT)
         rows = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
-        T = max(len(r) for r in rows)
-        ids = np.full((len(rows), T), self.pad_id, np.int64)
-        mask = np.zeros((len(rows), T), np.int64)
+        ids = np.full((len(rows), self.max_len), self.pad_id, np.int64)
+        mask = np.zeros((len(rows), self.max_len), np.int64)
         for i, r in enumerate(rows):
             ids[i, :len(r)], mask[i, :len(r)] = r, 1
         return {"input_ids": ids, "attention_mask": mask}

@@ -157,3 +157,16 @@ def test_bench_stores_latencies_and_deadline_reads_them(engine_copy, tmp_path):
 def test_deadline_without_bench_is_one_line(exported):
     assert_one_line_error(run_infer("dataset://digits/test", "--engine-dir", exported[1], "--headless",
                                     "--deadline-ms", "2"), Exit.NOT_FOUND, "edge-infer", "edge-infer bench")
+
+
+def test_text_inputs_are_tokenised_to_the_static_length(tmp_path):
+    from edge_model.models.text import minilm_dir
+    from edge_runtime.preprocess import TextPreprocess
+    pre = TextPreprocess({"kind": "text", "max_len": 16, "pad_id": 0}, minilm_dir() / "tokenizer.json")
+    feed = pre.batch(["a short one", "a much longer sentence " * 10])
+    assert feed["input_ids"].shape == feed["attention_mask"].shape == (2, 16)
+    assert feed["attention_mask"][0].sum() < 16 == feed["attention_mask"][1].sum()
+    lines = tmp_path / "in.txt"
+    lines.write_text("first\n\n  \nsecond\n")
+    src = open_source(str(lines), text=True)
+    assert [f.data for f in src] == ["first", "second"] and src.counts.dropped["empty line"] == 2
