@@ -7,7 +7,7 @@ engines/<name>/ holds (every path in the manifest relative to it, every file has
   projection.npz     the controller's feature projection, re-expressed for the folded graphs (below)
   tokenizer.json     text models only
   reference.npz      16 test inputs and the PyTorch (unfolded checkpoint) logits of every exit,
-                     and the projected controller features: what `edge-infer check` compares against
+                     and the controller features: what `edge-infer check` compares against
   manifest.json      schema edge-engines v1 (edge_runtime.manifest documents every field)
 
 The projection. The predictor's PCA projection P was fitted on the first exit's pooled vector after
@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from edge_model.checkpoint import load_checkpoint, tokenizer_path, write_json
-from edge_model.export import OPSET, export_segments, input_names, sha256
+from edge_model.export import OPSET, ControllerOutputs, export_segments, input_names, sha256
 from edge_runtime.errors import EdgeError, Exit
 from edge_runtime.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION
 
 REFERENCE_SAMPLES = 16
-PROJECTION_ATOL = 1e-4     # device projection vs PyTorch's on the reference batch, checked at export
+PROJECTION_ATOL = 1e-4     # segment 0's controller features vs the workstation's on the reference batch
 CONTROLLER_FILES = {"predictor": "predictor.onnx", "policy": "policy.onnx", "policy_arrays": "policy.npz"}
 INPUT_STATS = {
     "image": {"names": ["mean", "std", "edge_energy"], "function": "edge_runtime.features.image_stats",
@@ -74,13 +74,16 @@ def reference_inputs(config: dict, ckpt_dir: Path, data_dir, n: int) -> tuple:
 
 
 @torch.no_grad()
-def reference_outputs(model, x, mask, projection: np.ndarray) -> tuple:
-    """(logits (N, exits, classes), projected (N, P)) of the unfolded model: what the device must reproduce."""
-    logits = torch.stack(model.forward_exits(x, mask), 1)                # (N, E, classes)
+def reference_outputs(model, x, mask, projection: np.ndarray, task: dict) -> tuple:
+    """(logits (N, exits, classes), features (N, 6 + P)) of the unfolded model, the features as the
+    workstation computes them for the predictor: what the device must reproduce."""
+    from edge_runtime.features import confidence, controller_features, image_stats, text_stats
+    logits = torch.stack(model.forward_exits(x, mask), 1).numpy()        # (N, E, classes)
     bias, keep = model.attention_inputs(mask)
     h = model.run_segment(model.embed(x), 0, bias)                       # (N, T, C)
-    pooled = model.heads[0].features(h, keep)                            # (N, C), after the affine
-    return logits.numpy(), pooled.numpy() @ projection
+    pooled = model.heads[0].features(h, keep).numpy()                    # (N, C), after the affine
+    stats = image_stats(x.numpy()) if mask is None else text_stats(mask.numpy(), task["preprocess"]["max_len"])
+    return logits, controller_features(stats, confidence(logits[:, 0]), pooled @ projection)
 
 
 def segment_flops(model) -> list:
@@ -141,25 +144,28 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
         raise EdgeError(f"{ctrl}/predictor.npz | projection width {P.shape[0]}, the model's is "
                         f"{head0.normalized_shape[0]}: fit the controller again", Exit.CORRUPT)
 
+    # The projection for the pre-affine vector (module docstring); the graphs compute the features with it
+    gamma, beta = head0.weight.detach().double().numpy(), head0.bias.detach().double().numpy()
+    projection = Projection((gamma[:, None] * P).astype(np.float32), (beta @ P).astype(np.float32), head0.eps)
+    np.savez(tmp / "projection.npz", weight=projection.weight, bias=projection.bias)
+
     x, mask, labels = reference_inputs(config, ckpt, data_dir, samples)
     say(f"folding and exporting {len(exits)} segments (ONNX opset {opset})", flush=True)
     folded = fold_model(model)
-    records = export_segments(folded, tmp, x if mask is None else (x, mask), opset)
-    logits, projected = reference_outputs(model, x, mask, P)
+    records = export_segments(folded, tmp, x if mask is None else (x, mask), projection, opset)
+    logits, features = reference_outputs(model, x, mask, P, task)
 
-    # The projection for the pre-affine vector (module docstring), checked against PyTorch's
-    gamma, beta = head0.weight.detach().double().numpy(), head0.bias.detach().double().numpy()
-    projection = Projection((gamma[:, None] * P).astype(np.float32), (beta @ P).astype(np.float32), head0.eps)
+    # what the device's segment 0 computes, against the workstation's features from the unfolded model
     with torch.no_grad():
-        hidden = folded.segment(0)(x, mask)[0].numpy()
-    err = float(np.abs(projection(hidden, None if mask is None else mask.numpy()) - projected).max())
+        graph_features = ControllerOutputs(folded.segment(0), 0, projection, text,
+                                           task["preprocess"].get("max_len", 0))(x, mask)[3].numpy()
+    err = float(np.abs(graph_features - features).max())
     if not err <= PROJECTION_ATOL:
-        raise RuntimeError(f"projection | device features differ from PyTorch's by {err:.3g} on the reference batch")
-    np.savez(tmp / "projection.npz", weight=projection.weight, bias=projection.bias)
+        raise RuntimeError(f"features | segment 0's differ from the workstation's by {err:.3g} on the reference batch")
 
     names = input_names(0, text)
     feed = dict(zip(names, [x.numpy()] + ([mask.numpy()] if text else [])))
-    np.savez(tmp / "reference.npz", logits=logits.astype(np.float32), projected=projected.astype(np.float32),
+    np.savez(tmp / "reference.npz", logits=logits.astype(np.float32), features=features.astype(np.float32),
              labels=labels.numpy(), **feed)
     for key, file in CONTROLLER_FILES.items():
         shutil.copyfile(ctrl / file, tmp / file)
@@ -202,11 +208,13 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
                               "P is the PCA projection fitted on the post-affine vector gamma * n + beta",
                 "pool_eps": float(head0.eps),
                 "export_max_abs": err,
+                "computed_by": "segment 0's graph (output `features`); every segment outputs `conf`",
             },
         },
         "reference": {**ref(tmp / "reference.npz"), "split": "test", "samples": int(len(labels)),
                       "inputs": names, "outputs": {"logits": "(N, exits, classes): PyTorch, unfolded checkpoint",
-                                                   "projected": "(N, projection_dims): PyTorch features"}},
+                                                   "features": "(N, 6 + projection_dims): the workstation's "
+                                                               "controller features"}},
         "build": {"backend": "onnxruntime", "precision": "fp32", "opset": opset,
                   "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                                "torch": torch.__version__, "python": platform.python_version()},

@@ -3,7 +3,11 @@
 Segment k's graph (DESIGN section 5): static shapes except the batch axis; text runs at max_len tokens.
   segment 0   inputs pixels (B, C, H, W) float32, or input_ids and attention_mask (B, T) int64
   later       inputs hidden (B, T, C) float32 (+ attention_mask for text)
-  every one   outputs hidden_out (B, T, C) and logits (B, classes), both float32
+  every one   outputs hidden_out (B, T, C), logits (B, classes) and conf (B, 3): the controller's view of
+              the exit (edge_runtime.features.confidence), all float32
+  segment 0   also outputs features (B, 6 + P): the predictor's input (edge_runtime.features)
+The controller's features are computed in the graphs because on the device each numpy call between two
+segment runs costs microseconds (caches cold after the segment): in the graph they cost nearly nothing.
 The hidden output is named hidden_out because an ONNX graph cannot use one name for an input and an
 output; the runtime feeds segment k's hidden_out to segment k+1's hidden.
 
@@ -13,6 +17,7 @@ num_outputs). edge_model.fold writes its modules around both (slices, sum / T in
 file is still loaded with onnx.checker, its opset compared, and run with ONNX Runtime.
 """
 import hashlib
+import math
 from pathlib import Path
 
 import torch
@@ -21,7 +26,73 @@ from edge_model.models.text import AdaptiveTextEncoder
 from edge_runtime.errors import EdgeError
 
 OPSET = 17   # TensorRT 8.5 (JetPack 5 on Xavier) parses up to opset 17
-OUTPUTS = ["hidden_out", "logits"]
+
+
+def output_names(k: int) -> list:
+    return ["hidden_out", "logits", "conf"] + (["features"] if k == 0 else [])
+
+
+def mean_last(x):
+    """Mean over the last axis written sum / n: ReduceMean's axes became an input in opset 18, and the
+    exporter's down-conversion to 17 fails on it (edge_model.fold)."""
+    return x.sum(-1) / x.shape[-1]
+
+
+def confidence(logits):
+    """(B, 3) max probability, top-1 minus top-2 margin, entropy / log(classes): the torch twin of
+    edge_runtime.features.confidence, tested equal."""
+    log_p = torch.log_softmax(logits, -1)
+    p = log_p.exp()
+    top2 = torch.topk(p, 2, dim=-1).values
+    entropy = -(p * log_p).sum(-1) / math.log(logits.shape[-1])
+    return torch.stack([top2[:, 0], top2[:, 0] - top2[:, 1], entropy], -1)
+
+
+class ControllerOutputs(torch.nn.Module):
+    """Segment k of a folded model with the controller's inputs as extra graph outputs."""
+
+    def __init__(self, segment, k: int, projection, text: bool, max_len: int = 0):
+        """Args:
+            segment: folded.segment(k).
+            projection: edge_runtime.engine_dir.Projection (weight (C, P), bias (P,), eps) for segment 0.
+            text: inputs are (input_ids, attention_mask); max_len scales the token count.
+        """
+        super().__init__()
+        self.segment, self.k, self.text, self.max_len = segment, k, text, max_len
+        if k == 0:
+            self.register_buffer("weight", torch.from_numpy(projection.weight))
+            self.register_buffer("bias", torch.from_numpy(projection.bias))
+            self.eps = projection.eps
+
+    def input_stats(self, x, mask):
+        """(B, 3): edge_runtime.features.image_stats of the pixels, or text_stats of the mask."""
+        if self.text:
+            count = mask.float().sum(-1, keepdim=True) / self.max_len
+            return torch.cat([count, torch.zeros_like(count), torch.zeros_like(count)], -1)
+        flat = x.flatten(1)
+        mean = mean_last(flat)
+        std = mean_last((flat - mean[:, None]) ** 2).sqrt()
+        dx = mean_last((x[..., 1:] - x[..., :-1]).abs().flatten(1))
+        dy = mean_last((x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1))
+        return torch.stack([mean, std, dx + dy], -1)
+
+    def projected(self, h, mask):
+        """(B, P): edge_runtime.engine_dir.Projection of segment 0's hidden output."""
+        if mask is None:
+            pooled = h.sum(1) / h.shape[1]
+        else:
+            keep = mask.float()[:, :, None]
+            pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+        pooled = pooled - mean_last(pooled)[:, None]
+        pooled = pooled / (mean_last(pooled * pooled)[:, None] + self.eps).sqrt()
+        return pooled @ self.weight + self.bias
+
+    def forward(self, x, mask=None):
+        h, logits = self.segment(x, mask)
+        conf = confidence(logits)
+        if self.k:
+            return h, logits, conf
+        return h, logits, conf, torch.cat([self.input_stats(x, mask), conf, self.projected(h, mask)], -1)
 
 
 def input_names(k: int, text: bool) -> list:
@@ -75,7 +146,7 @@ def io_spec(values) -> list:
              "dtype": tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name} for v in values]
 
 
-def verify(path: Path, names: list, args: tuple, expected: tuple, opset: int) -> dict:
+def verify(path: Path, names: list, outputs: list, args: tuple, expected: tuple, opset: int) -> dict:
     """Check the file as ONNX, then run it with ONNX Runtime on `args`: its I/O spec and the error."""
     import onnx
     import onnxruntime as ort
@@ -92,8 +163,8 @@ def verify(path: Path, names: list, args: tuple, expected: tuple, opset: int) ->
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    outputs = sess.run(OUTPUTS, {n: a.numpy() for n, a in zip(names, args)})
-    error = max(float(abs(torch.from_numpy(o) - e).max()) for o, e in zip(outputs, expected))
+    got = sess.run(outputs, {n: a.numpy() for n, a in zip(names, args)})
+    error = max(float(abs(torch.from_numpy(o) - e).max()) for o, e in zip(got, expected))
     return {"inputs": io_spec(model.graph.input), "outputs": io_spec(model.graph.output), "ort_max_abs": error}
 
 
@@ -101,18 +172,19 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export_segments(folded, out_dir, example, opset: int = OPSET) -> list:
+def export_segments(folded, out_dir, example, projection, opset: int = OPSET) -> list:
     """Write segment_0.onnx ... into out_dir, one self-contained file per segment of `folded`.
 
     Args:
         folded: a FoldedModel (edge_model.fold).
         out_dir: the directory to write to (created if missing).
         example: images (B, C, H, W), or (input_ids, attention_mask) of shape (B, max_len) for text.
+        projection: the controller's feature projection (edge_runtime.engine_dir.Projection).
         opset: the ai.onnx opset the files must declare.
     Returns:
         Per segment: index, exit depth, file, bytes, sha256, inputs and outputs (name, shape, dtype),
         params (read by the segment), and ort_max_abs (ONNX Runtime against the folded torch segment
-        on the example, the larger over both outputs).
+        on the example, the largest over its outputs).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,17 +192,19 @@ def export_segments(folded, out_dir, example, opset: int = OPSET) -> list:
     text = mask is not None
     batch = torch.export.Dim("batch", min=1)
     records, h = [], x
+    max_len = getattr(folded.backbone.cfg, "max_len", 0)
     for k, depth in enumerate(folded.exits):
-        seg, names = folded.segment(k), input_names(k, text)
+        seg = ControllerOutputs(folded.segment(k), k, projection, text, max_len)
+        names, outputs = input_names(k, text), output_names(k)
         args = (h, mask) if text else (h,)
         with torch.no_grad():
             expected = seg(*args)
         path = out / f"segment_{k}.onnx"
         with quiet_export():
             torch.onnx.export(seg, args, str(path), dynamo=True, external_data=False, opset_version=opset,
-                              input_names=names, output_names=OUTPUTS,
+                              input_names=names, output_names=outputs,
                               dynamic_shapes=tuple({0: batch} for _ in args))
-        checked = verify(path, names, args, expected, opset)
+        checked = verify(path, names, outputs, args, expected, opset)
         records.append({"index": k, "exit": depth, "file": path.name, "bytes": path.stat().st_size,
                         "sha256": sha256(path), **checked, "params": folded.segment_params(k)})
         h = expected[0]

@@ -2,8 +2,8 @@
 
 Polygraphy's comparator, on the reference batch export stored (reference.npz: test inputs and the
 unfolded checkpoint's logits of every exit). Each variant runs its own chain of segments from the raw
-input, as the runtime does; its exit's logits are compared with PyTorch's. The controller's projected
-features (segment 0's hidden output through projection.npz) are compared too.
+input, as the runtime does; its exit's logits are compared with PyTorch's, its `conf` output with the
+confidence of PyTorch's logits, and segment 0's `features` with the workstation's controller features.
 
 Per output: max / mean / median / p99 of the absolute and the relative error, argmax agreement, and
 PASS or FAIL. An element fails when it is off by more than atol AND by more than rtol relative to the
@@ -21,6 +21,7 @@ import numpy as np
 from edge_runtime.backends import BackendOptions
 from edge_runtime.engine_dir import EngineDir
 from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.features import confidence
 
 STATS = ("max", "mean", "median", "p99")
 
@@ -81,7 +82,8 @@ def run_chain(backend, engine: EngineDir, chain: list, inputs: dict) -> list:
 
 def check_engines(engine: EngineDir, backend_options: BackendOptions = BackendOptions(),
                   options: CheckOptions = CheckOptions(), on_result=None) -> dict:
-    """Compare every variant and the controller projection with the stored PyTorch outputs.
+    """Compare every variant's logits and conf, and segment 0's controller features, with the stored
+    PyTorch outputs.
 
     Args:
         engine: an opened EngineDir.
@@ -93,7 +95,7 @@ def check_engines(engine: EngineDir, backend_options: BackendOptions = BackendOp
     """
     ref = engine.reference()
     first = engine.segments[0]["inputs"]
-    missing = [i["name"] for i in first if i["name"] not in ref] + [k for k in ("logits", "projected") if k not in ref]
+    missing = [i["name"] for i in first if i["name"] not in ref] + [k for k in ("logits", "features") if k not in ref]
     if missing:
         raise EdgeError(f"{engine.manifest['reference']['file']} | no '{missing[0]}' array", Exit.CORRUPT)
     inputs = {i["name"]: ref[i["name"]] for i in first}
@@ -114,10 +116,14 @@ def check_engines(engine: EngineDir, backend_options: BackendOptions = BackendOp
             if stop := add({"depth": v["depth"], "chain": v["chain"], "output": "logits",
                             **error_stats(got, want, options.atol, options.rtol)}):
                 break
+            if stop := add({"depth": v["depth"], "chain": v["chain"], "output": "conf",
+                            **error_stats(outs[-1]["conf"], confidence(want), options.atol, options.rtol,
+                                          argmax=False)}):
+                break
             if v["exit_index"] == 0:
-                projected = engine.projection()(outs[0]["hidden_out"], inputs.get("attention_mask"))
-                if stop := add({"depth": v["depth"], "chain": [0], "output": "projected",
-                                **error_stats(projected, ref["projected"], options.atol, options.rtol, argmax=False)}):
+                if stop := add({"depth": v["depth"], "chain": [0], "output": "features",
+                                **error_stats(outs[0]["features"], ref["features"], options.atol, options.rtol,
+                                              argmax=False)}):
                     break
         providers = getattr(backend, "active_providers", [])
     return {"engine": engine.name, "engine_dir": str(engine.root), "backend": backend.name, "providers": providers,

@@ -1,7 +1,8 @@
 """The two-level controller on the device: what decides, at each exit boundary, which rows stop.
 
-Level 1 runs once, after segment 0: the features (edge_runtime.features, the definition the workstation
-fitted on) and the LightGBM predictor (predictor.onnx) give a distribution over the exit each input needs.
+Level 1 runs once, after segment 0: its graph outputs the features (edge_runtime.features, the definition
+the workstation fitted on, computed in the graph) and the LightGBM predictor (predictor.onnx) turns them
+into a distribution over the exit each input needs.
 Level 2 is the LSTM policy's numpy step (policy.npz) at every boundary, fed by the same `policy_state`
 PPO trained on. Modes:
   progressive   the policy at every boundary (the paper's controller)
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.features import confidence, controller_features, image_stats, text_stats
 from edge_runtime.policy import policy_state
 
 MODES = ("progressive", "oneshot", "fixed:D", "full")
@@ -72,9 +72,9 @@ class Decision:
             score = np.cumsum(proba, 1) - lam[:, None] * controller.plain[None]
             self.target = score.argmax(1)
 
-    def stop(self, k: int, logits: np.ndarray, conf: np.ndarray = None) -> np.ndarray:
-        """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes) and, when already
-        computed, their confidence features."""
+    def stop(self, k: int, logits: np.ndarray, conf: np.ndarray) -> np.ndarray:
+        """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes) and confidence
+        features (n, 3), both from segment k's graph."""
         n, last = len(logits), self.c.num_exits - 1
         self.preds[:, k] = logits.argmax(-1)
         if k == last:
@@ -88,7 +88,6 @@ class Decision:
         if k > 0:
             agree[:, 0] = (prev == self.preds[:, k:k + 1]).mean(1)
             agree[:, 1] = prev[:, -1] == self.preds[:, k]
-        conf = confidence(logits) if conf is None else conf
         x = policy_state(self.proba, k, conf, agree, self.c.used[k], self.lam, self.c.policy.use_predictor)
         logit, _, self.h, self.cell = self.c.policy.step(x, self.h, self.cell)
         return logit > 0
@@ -109,13 +108,10 @@ class Controller:
         from edge_runtime.backends.ort import session_from_file
         ctrl = engine.controller
         self.num_exits = len(engine.segments)
-        self.projection = engine.projection()
         self.policy = engine.policy_arrays()
         self.used = np.asarray(ctrl["costs"]["used"], np.float64)
         self.plain = np.asarray(ctrl["costs"]["plain"], np.float64)
         self.operating_points = ctrl["operating_points"]
-        self.text = engine.task["kind"] == "text"
-        self.max_len = int(engine.task["preprocess"].get("max_len", 0))
         self.predictor = session_from_file(engine.file(ctrl["predictor"]["file"]), ["CPUExecutionProvider"],
                                            threads, ctrl["predictor"]["file"])
         self.predictor_in = self.predictor.get_inputs()[0].name
@@ -124,17 +120,11 @@ class Controller:
         point = self.operating_points.get(mode.name)
         return float(point["lambda"]) if point else 1.0
 
-    def features(self, feed: dict, hidden0: np.ndarray, conf0: np.ndarray) -> np.ndarray:
-        """(N, F) the predictor's input from segment 0's feed, hidden output and exit confidence."""
-        mask = feed.get("attention_mask")
-        stats = text_stats(mask, self.max_len) if self.text else image_stats(feed["pixels"])
-        return controller_features(stats, conf0, self.projection(hidden0, mask))
-
-    def start(self, mode: Mode, lam: np.ndarray, feed: dict, hidden0, conf0) -> Decision:
-        """The decision state after segment 0; level 1 runs here unless the mode never reads it."""
+    def start(self, mode: Mode, lam: np.ndarray, features: np.ndarray) -> Decision:
+        """The decision state after segment 0, from its `features` output; level 1 runs here unless the
+        mode never reads it."""
         if mode.name == "fixed":
             proba = np.zeros((len(lam), self.num_exits), np.float32)
         else:
-            x = self.features(feed, hidden0, conf0)
-            proba = self.predictor.run(["proba"], {self.predictor_in: x})[0]
+            proba = self.predictor.run(["proba"], {self.predictor_in: features})[0]
         return Decision(self, mode, lam, proba)

@@ -18,7 +18,7 @@ from edge_runtime.backends import BackendOptions
 from edge_runtime.controller import Controller, Mode, check_budget
 from edge_runtime.engine_dir import EngineDir
 from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.features import confidence, softmax
+from edge_runtime.features import softmax
 from edge_runtime.preprocess import make_preprocess
 
 STAGES = ("preprocess", "segments", "controller", "postprocess")
@@ -145,11 +145,8 @@ class Runtime:
             t1 = time.perf_counter()
             hidden, logits = out["hidden_out"], out["logits"]
             if decision is None:
-                conf0 = confidence(logits) if the_mode.name != "fixed" else None
-                decision = self.controller.start(the_mode, lams, feed, hidden, conf0)
-                stop = decision.stop(k, logits, conf0)
-            else:
-                stop = decision.stop(k, logits)
+                decision = self.controller.start(the_mode, lams, out["features"])
+            stop = decision.stop(k, logits, out["conf"])
             t2 = time.perf_counter()
             t_seg, t_ctrl = t_seg + (t1 - t0), t_ctrl + (t2 - t1)
             if logits_out is None:

@@ -51,8 +51,8 @@ def test_check_passes(exported):
     out, err, code = run_infer("check", "--engine-dir", exported[1], "--threads", "1")
     assert code == Exit.OK and err == "", err
     rows = [line for line in out.splitlines() if line.endswith(("PASS", "FAIL"))]
-    assert len(rows) == 5 and all(r.endswith("PASS") for r in rows)   # 4 variants + the projection
-    assert out.splitlines()[-1].startswith("PASS: 5 of 5")
+    assert len(rows) == 9 and all(r.endswith("PASS") for r in rows)   # 4 variants x (logits, conf) + features
+    assert out.splitlines()[-1].startswith("PASS: 9 of 9")
 
 
 def test_check_reports_a_mismatch_and_fails(exported, tmp_path):
@@ -86,9 +86,11 @@ def test_every_variant_agrees_with_pytorch(exported):
             assert (logits.argmax(-1) == torch_logits[:, v["exit_index"]].argmax(-1)).all(), v["depth"]
 
 
-def test_projection_reproduces_the_fitted_features(exported):
-    """Segment 0's output through projection.npz equals the cached post-affine vector times the fitted P."""
-    from edge_model.exits import load_exits
+def test_segment_0_computes_the_fitted_features(exported):
+    """Segment 0's `features` output equals what the predictor was fitted on: the cached input statistics,
+    the first exit's confidence and its post-affine pooled vector times the fitted P (numpy, workstation)."""
+    from edge_model.controller.fit import load_tables
+    from edge_model.controller.predictor import table_features
     from edge_runtime.backends.ort import OrtBackend
     from edge_runtime.engine_dir import EngineDir
     ckpt, engines = exported
@@ -96,10 +98,11 @@ def test_projection_reproduces_the_fitted_features(exported):
     ref = engine.reference()
     n = len(ref["pixels"])
     with np.load(ckpt / "controller" / "predictor.npz") as z:
-        expected = load_exits(ckpt, "test")["first_pooled"][:n] @ z["projection"]
+        expected = table_features(load_tables(ckpt, ("test",))["test"].subset(np.arange(n)), z["projection"])
     with OrtBackend(engine.graphs(), intra_op_num_threads=1) as backend:
-        hidden = backend.run_segment("segment_0", {"pixels": ref["pixels"]})["hidden_out"]
-    np.testing.assert_allclose(engine.projection()(hidden), expected, atol=1e-4)
+        out = backend.run_segment("segment_0", {"pixels": ref["pixels"]})
+    np.testing.assert_allclose(out["features"], expected, atol=1e-4)
+    np.testing.assert_allclose(out["conf"], expected[:, 3:6], atol=1e-5)
 
 
 def test_info(exported):
