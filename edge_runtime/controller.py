@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.policy import policy_state
+from edge_runtime.policy import fill_boundary, state_buffer
 
 MODES = ("progressive", "oneshot", "fixed:D", "full")
 
@@ -65,7 +65,12 @@ class Decision:
     def __init__(self, controller: "Controller", mode: Mode, lam: np.ndarray, proba: np.ndarray):
         self.c, self.mode, self.lam, self.proba = controller, mode, lam, proba
         n = len(lam)
-        self.h, self.cell = controller.policy.zero_state(n) if mode.name == "progressive" else (None, None)
+        self.h = self.cell = self.x = self.mass = None
+        if mode.name == "progressive":
+            policy = controller.policy
+            self.h, self.cell = policy.zero_state(n)
+            self.x = state_buffer(proba, lam, policy.use_predictor)     # filled per boundary, in place
+            self.mass = np.cumsum(proba, 1) if policy.use_predictor else np.zeros_like(proba)
         self.preds = np.zeros((n, controller.num_exits), np.int64)   # each exit's argmax so far
         self.target = None
         if mode.name == "oneshot":
@@ -83,12 +88,12 @@ class Decision:
             return np.full(n, k >= self.mode.exit_index)
         if self.mode.name == "oneshot":
             return self.target <= k
-        prev = self.preds[:, :k]
-        agree = np.zeros((n, 2), np.float32)
-        if k > 0:
-            agree[:, 0] = (prev == self.preds[:, k:k + 1]).mean(1)
-            agree[:, 1] = prev[:, -1] == self.preds[:, k]
-        x = policy_state(self.proba, k, conf, agree, self.c.used[k], self.lam, self.c.policy.use_predictor)
+        x = self.x
+        fill_boundary(x, k, self.mass[:, k], conf, self.c.used[k])
+        if k > 0:   # agreement with the earlier exits (policy_state's columns -5 and -4; zero at exit 0)
+            prev = self.preds[:, :k]
+            x[:, -5] = (prev == self.preds[:, k:k + 1]).mean(1)
+            x[:, -4] = prev[:, -1] == self.preds[:, k]
         logit, _, self.h, self.cell = self.c.policy.step(x, self.h, self.cell)
         return logit > 0
 
@@ -96,7 +101,7 @@ class Decision:
         """Keep only `rows` (indices or a mask) for the boundaries to come."""
         self.lam, self.proba, self.preds = self.lam[rows], self.proba[rows], self.preds[rows]
         if self.h is not None:
-            self.h, self.cell = self.h[rows], self.cell[rows]
+            self.h, self.cell, self.x, self.mass = self.h[rows], self.cell[rows], self.x[rows], self.mass[rows]
         if self.target is not None:
             self.target = self.target[rows]
 

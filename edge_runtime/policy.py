@@ -25,19 +25,30 @@ def policy_state(proba: np.ndarray, k: int, conf: np.ndarray, agree: np.ndarray,
     without it), its mass up to k, this exit's confidence (max prob, margin, entropy), agreement with earlier
     exits (fraction, previous), compute used so far (fraction of full depth), position k / (E - 1), log lambda.
     """
+    x = state_buffer(proba, lam, use_predictor)
+    fill_boundary(x, k, proba[:, :k + 1].sum(1) if use_predictor else 0.0, conf, used)
+    x[:, -5:-3] = agree
+    return x
+
+
+def state_buffer(proba: np.ndarray, lam, use_predictor: bool = True) -> np.ndarray:
+    """A policy input with the columns that stay the same at every boundary filled in (the predictor's
+    distribution and log lambda): the device fills the rest per boundary, in place."""
     n, E = proba.shape
-    x = np.empty((n, E + 9), np.float32)      # filled in place: few numpy calls per boundary
+    x = np.zeros((n, E + 9), np.float32)
     if use_predictor:
         x[:, :E] = proba
-        x[:, E] = proba[:, :k + 1].sum(1)
-    else:
-        x[:, :E + 1] = 0.0
-    x[:, E + 1:E + 4] = conf
-    x[:, E + 4:E + 6] = agree
-    x[:, E + 6] = used
-    x[:, E + 7] = k / max(E - 1, 1)
     x[:, E + 8] = np.log(lam)
     return x
+
+
+def fill_boundary(x: np.ndarray, k: int, mass, conf: np.ndarray, used: float) -> None:
+    """Boundary k's columns of the policy input `x`, but agreement (columns -5 and -4, left to the
+    caller): the predictor's mass up to k, the exit's confidence, compute used and position."""
+    E = x.shape[1] - 9
+    x[:, E] = mass
+    x[:, E + 1:E + 4] = conf
+    x[:, E + 6:E + 8] = used, k / max(E - 1, 1)
 
 
 @dataclass
@@ -61,21 +72,26 @@ class PolicyArrays:
         return np.zeros((n, self.hidden), np.float32), np.zeros((n, self.hidden), np.float32)
 
     def __post_init__(self):
-        # one matmul per step: [x, h] @ [W_ih; W_hh]^T + (b_ih + b_hh), with the i, f, o rows (sigmoids)
-        # first and g (tanh) last so each nonlinearity is one call; actor and critic side by side
+        # One matmul and one tanh per step: [x, h] @ W + b with the gate rows ordered i, f, o, g, and the
+        # i, f, o rows halved, since sigmoid(z) = 0.5 + 0.5 tanh(z / 2). Actor and critic side by side.
         H = self.w_hh.shape[1]
         order = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]          # i f g o -> i f o g
-        self._w = np.concatenate([self.w_ih, self.w_hh], 1)[order].T.copy()
-        self._b = (self.b_ih + self.b_hh)[order]
+        scale = np.r_[np.full(3 * H, 0.5), np.ones(H)].astype(np.float32)
+        self._w = (np.concatenate([self.w_ih, self.w_hh], 1)[order] * scale[:, None]).T.copy()
+        self._b = (self.b_ih + self.b_hh)[order] * scale
         self._heads = np.stack([self.w_actor, self.w_critic], 1)
         self._head_b = np.array([self.b_actor, self.b_critic], np.float32)
 
     def step(self, x, h, c):
         """(stop logit (N,), value (N,), h', c') for input x (N, S) and state h, c (N, H)."""
         H = h.shape[1]
-        gates = np.concatenate([x, h], 1) @ self._w + self._b                   # (N, 4H): i f o g
-        ifo = 1.0 / (1.0 + np.exp(-gates[:, :3 * H]))
-        c = ifo[:, H:2 * H] * c + ifo[:, :H] * np.tanh(gates[:, 3 * H:])
+        t = np.concatenate([x, h], 1) @ self._w
+        t += self._b
+        np.tanh(t, out=t)                                   # (N, 4H): i f o as tanh(z / 2), then tanh(g)
+        ifo = t[:, :3 * H]
+        ifo *= 0.5
+        ifo += 0.5                                          # sigmoid(i), sigmoid(f), sigmoid(o)
+        c = ifo[:, H:2 * H] * c + ifo[:, :H] * t[:, 3 * H:]
         h = ifo[:, 2 * H:] * np.tanh(c)
         heads = h @ self._heads + self._head_b
         return heads[:, 0], heads[:, 1], h, c

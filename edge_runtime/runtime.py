@@ -141,7 +141,7 @@ class Runtime:
         decision = None
         for k in range(len(self.depths)):
             t0 = time.perf_counter()
-            out = self.backend.run_segment(f"segment_{k}", seg_feed)
+            out = self.backend.run_segment(f"segment_{k}", seg_feed, check=k == 0)   # later feeds are ours
             t1 = time.perf_counter()
             hidden, logits = out["hidden_out"], out["logits"]
             if decision is None:
@@ -151,17 +151,17 @@ class Runtime:
             t_seg, t_ctrl = t_seg + (t1 - t0), t_ctrl + (t2 - t1)
             if logits_out is None:
                 logits_out = np.empty((n, logits.shape[1]), np.float32)
-            logits_out[rows[stop]] = logits[stop]
-            exit_out[rows[stop]] = k
-            if stop.all():
+            if stop.all():                  # the last rows leave (at batch 1, the only branch taken)
+                logits_out[rows], exit_out[rows] = logits, k
                 break
-            keep = ~stop
-            rows = rows[keep]
-            decision.keep(keep)
-            seg_feed = {"hidden": hidden[keep]}
-            if mask is not None:
-                mask = mask[keep]
-                seg_feed["attention_mask"] = mask
+            if stop.any():                  # some leave: record them, run the next segment on the rest
+                logits_out[rows[stop]], exit_out[rows[stop]] = logits[stop], k
+                keep = ~stop
+                rows, hidden = rows[keep], hidden[keep]
+                decision.keep(keep)
+                if mask is not None:
+                    mask = mask[keep]
+            seg_feed = {"hidden": hidden} if mask is None else {"hidden": hidden, "attention_mask": mask}
         return BatchOutput(logits_out, exit_out, {"segments": t_seg, "controller": t_ctrl})
 
     def infer_batch(self, xs, budget=None, mode=None) -> list:
