@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.policy import fill_boundary, state_buffer
 
 MODES = ("progressive", "oneshot", "fixed:D", "full")
 
@@ -64,14 +63,8 @@ class Decision:
 
     def __init__(self, controller: "Controller", mode: Mode, lam: np.ndarray, proba: np.ndarray):
         self.c, self.mode, self.lam, self.proba = controller, mode, lam, proba
-        n = len(lam)
-        self.h = self.cell = self.x = self.mass = None
-        if mode.name == "progressive":
-            policy = controller.policy
-            self.h, self.cell = policy.zero_state(n)
-            self.x = state_buffer(proba, lam, policy.use_predictor)     # filled per boundary, in place
-            self.mass = np.cumsum(proba, 1) if policy.use_predictor else np.zeros_like(proba)
-        self.preds = np.zeros((n, controller.num_exits), np.int64)   # each exit's argmax so far
+        self.state = controller.policy.rollout(proba, lam) if mode.name == "progressive" else None
+        self.preds = np.zeros((len(lam), controller.num_exits), np.int64)   # each exit's argmax so far
         self.target = None
         if mode.name == "oneshot":
             score = np.cumsum(proba, 1) - lam[:, None] * controller.plain[None]
@@ -81,27 +74,20 @@ class Decision:
         """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes) and confidence
         features (n, 3), both from segment k's graph."""
         n, last = len(logits), self.c.num_exits - 1
+        if self.state is not None and k < last:      # progressive: one compiled call does it all
+            return self.c.policy.boundary(k, self.state, self.preds, logits, conf, self.c.used)
         self.preds[:, k] = logits.argmax(-1)
         if k == last:
             return np.ones(n, bool)
         if self.mode.name == "fixed":
             return np.full(n, k >= self.mode.exit_index)
-        if self.mode.name == "oneshot":
-            return self.target <= k
-        x = self.x
-        fill_boundary(x, k, self.mass[:, k], conf, self.c.used[k])
-        if k > 0:   # agreement with the earlier exits (policy_state's columns -5 and -4; zero at exit 0)
-            prev = self.preds[:, :k]
-            x[:, -5] = (prev == self.preds[:, k:k + 1]).mean(1)
-            x[:, -4] = prev[:, -1] == self.preds[:, k]
-        logit, _, self.h, self.cell = self.c.policy.step(x, self.h, self.cell)
-        return logit > 0
+        return self.target <= k                     # oneshot
 
     def keep(self, rows: np.ndarray) -> None:
         """Keep only `rows` (indices or a mask) for the boundaries to come."""
         self.lam, self.proba, self.preds = self.lam[rows], self.proba[rows], self.preds[rows]
-        if self.h is not None:
-            self.h, self.cell, self.x, self.mass = self.h[rows], self.cell[rows], self.x[rows], self.mass[rows]
+        if self.state is not None:
+            self.state = self.state[rows]
         if self.target is not None:
             self.target = self.target[rows]
 
@@ -114,7 +100,7 @@ class Controller:
         ctrl = engine.controller
         self.num_exits = len(engine.segments)
         self.policy = engine.policy_arrays()
-        self.used = np.asarray(ctrl["costs"]["used"], np.float64)
+        self.used = np.asarray(ctrl["costs"]["used"], np.float32)
         self.plain = np.asarray(ctrl["costs"]["plain"], np.float64)
         self.operating_points = ctrl["operating_points"]
         self.predictor = session_from_file(engine.file(ctrl["predictor"]["file"]), ["CPUExecutionProvider"],

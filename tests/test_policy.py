@@ -98,6 +98,41 @@ def test_numpy_and_onnx_steps_equal_torch(tmp_path):
                 np.testing.assert_allclose(a, b.numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("use_predictor", [True, False])
+def test_compiled_boundary_equals_policy_state_and_step(use_predictor):
+    """The device's one-call boundary (state columns, agreement, LSTM step, stop) against the numpy reference,
+    over every boundary of a batch of rows with random predictions."""
+    torch.manual_seed(1)
+    E, H, N = 5, 16, 40
+    arrays = LSTMPolicy(state_size(E), H).eval().arrays(use_predictor)
+    rng = np.random.default_rng(1)
+    proba = rng.dirichlet(np.ones(E), N).astype(np.float32)
+    lam = (rng.random(N) + 0.01).astype(np.float32)
+    preds = rng.integers(0, 3, (N, E))
+    used = (np.cumsum(rng.random(E)) / E).astype(np.float32)
+    st = arrays.rollout(proba, lam)
+    rh, rc = arrays.zero_state(N)
+    for k in range(E):
+        conf = rng.random((N, 3)).astype(np.float32)
+        prev = preds[:, :k]
+        agree = np.zeros((N, 2), np.float32)
+        if k:
+            agree[:, 0], agree[:, 1] = (prev == preds[:, k:k + 1]).mean(1), prev[:, -1] == preds[:, k]
+        ref_x = policy_state(proba, k, conf, agree, used[k], lam, use_predictor)
+        logit, _, rh, rc = arrays.step(ref_x, rh, rc)
+        logits = np.eye(3, dtype=np.float32)[preds[:, k]]           # argmax = preds[:, k]
+        got = np.zeros_like(preds)
+        got[:, :k] = preds[:, :k]
+        stop = arrays.boundary(k, st, got, logits, conf, used)
+        assert np.array_equal(got[:, k], preds[:, k])
+        S = ref_x.shape[1]
+        np.testing.assert_allclose(st[:, :S], ref_x, atol=1e-6)
+        np.testing.assert_allclose(st[:, S:S + H], rh, atol=1e-5)
+        np.testing.assert_allclose(st[:, S + H:S + 2 * H], rc, atol=1e-5)
+        decided = np.abs(logit) > 1e-4            # a logit within rounding of 0 may go either way
+        assert np.array_equal(stop[decided], (logit > 0)[decided]) and decided.mean() > 0.9
+
+
 def test_policy_arrays_round_trip(tmp_path):
     arrays = LSTMPolicy(state_size(3), 8).arrays(False)
     arrays.save(tmp_path / "p.npz")
