@@ -2,7 +2,7 @@
 
 Level 1 runs once, after segment 0: its graph outputs the features (edge_runtime.features, the definition
 the workstation fitted on, computed in the graph) and the LightGBM predictor (predictor.onnx) turns them
-into a distribution over the exit each input needs.
+into a distribution over the exit each input needs (edge_runtime.predictor walks its trees).
 Level 2 is the LSTM policy's numpy step (policy.npz) at every boundary, fed by the same `policy_state`
 PPO trained on. Modes:
   progressive   the policy at every boundary (the paper's controller)
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.predictor import TreeEnsemble
 
 MODES = ("progressive", "oneshot", "fixed:D", "full")
 
@@ -63,8 +64,11 @@ class Decision:
 
     def __init__(self, controller: "Controller", mode: Mode, lam: np.ndarray, proba: np.ndarray):
         self.c, self.mode, self.lam, self.proba = controller, mode, lam, proba
-        self.state = controller.policy.rollout(proba, lam) if mode.name == "progressive" else None
-        self.preds = np.zeros((len(lam), controller.num_exits), np.int64)   # each exit's argmax so far
+        self.state = None
+        if mode.name == "progressive":
+            self.state, self.preds = controller.policy.rollout(proba, lam)
+        else:
+            self.preds = np.zeros((len(lam), controller.num_exits), np.int64)   # each exit's argmax so far
         self.target = None
         if mode.name == "oneshot":
             score = np.cumsum(proba, 1) - lam[:, None] * controller.plain[None]
@@ -95,17 +99,17 @@ class Decision:
 class Controller:
     """Level 1 and level 2 of an opened EngineDir."""
 
-    def __init__(self, engine, threads: int = 1):
-        from edge_runtime.backends.ort import session_from_file
+    def __init__(self, engine):
         ctrl = engine.controller
         self.num_exits = len(engine.segments)
         self.policy = engine.policy_arrays()
         self.used = np.asarray(ctrl["costs"]["used"], np.float32)
         self.plain = np.asarray(ctrl["costs"]["plain"], np.float64)
         self.operating_points = ctrl["operating_points"]
-        self.predictor = session_from_file(engine.file(ctrl["predictor"]["file"]), ["CPUExecutionProvider"],
-                                           threads, ctrl["predictor"]["file"])
-        self.predictor_in = self.predictor.get_inputs()[0].name
+        self.predictor = TreeEnsemble.from_onnx(engine.file(ctrl["predictor"]["file"]))
+        if self.predictor.classes != self.num_exits:
+            raise EdgeError(f"{ctrl['predictor']['file']} | {self.predictor.classes} classes for {self.num_exits} "
+                            "exits", Exit.CORRUPT)
 
     def default_budget(self, mode: Mode) -> float:
         point = self.operating_points.get(mode.name)
@@ -117,5 +121,5 @@ class Controller:
         if mode.name == "fixed":
             proba = np.zeros((len(lam), self.num_exits), np.float32)
         else:
-            proba = self.predictor.run(["proba"], {self.predictor_in: features})[0]
+            proba = self.predictor(features)
         return Decision(self, mode, lam, proba)

@@ -94,14 +94,12 @@ class PolicyArrays:
         heads = h @ self._heads + self._head_b
         return heads[:, 0], heads[:, 1], h, c
 
-    def rollout(self, proba: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    def rollout(self, proba: np.ndarray, lam: np.ndarray) -> tuple:
         """The device's per-row state for one batch: (n, S + 2H + E) float32 holding the policy input x
         (policy_state's layout, the columns fixed for the batch filled in), h, c and the predictor's
-        cumulative distribution. `boundary` updates it in place; index its rows to drop some."""
-        n, E = proba.shape
-        st = np.zeros((n, E + 9 + 2 * self.hidden + E), np.float32)
-        _start(st, proba, lam.astype(np.float32, copy=False), self.use_predictor)
-        return st
+        cumulative distribution; and (n, E) int64 for each exit's argmax. `boundary` updates both in place;
+        index their rows to drop some."""
+        return _start(proba, lam.astype(np.float32, copy=False), self.hidden, self.use_predictor)
 
     def boundary(self, k: int, st: np.ndarray, preds: np.ndarray, logits: np.ndarray, conf: np.ndarray,
                  used: np.ndarray) -> np.ndarray:
@@ -127,11 +125,13 @@ class PolicyArrays:
 
 
 @numba.njit(cache=True)
-def _start(st, proba, lam, use_predictor):
-    """Fill the rollout state's fixed columns: the predictor's distribution and its running sum, log lambda."""
+def _start(proba, lam, hidden, use_predictor):
+    """The rollout state with its fixed columns filled (the predictor's distribution and its running sum,
+    log lambda), and the argmax table."""
     n, E = proba.shape
     S = E + 9
-    mass0 = st.shape[1] - E
+    mass0 = S + 2 * hidden
+    st = np.zeros((n, mass0 + E), np.float32)
     for r in range(n):
         if use_predictor:
             total = 0.0
@@ -140,6 +140,7 @@ def _start(st, proba, lam, use_predictor):
                 total += proba[r, j]
                 st[r, mass0 + j] = total
         st[r, S - 1] = np.log(lam[r])
+    return st, np.zeros((n, E), np.int64)
 
 
 @numba.njit(cache=True)

@@ -103,7 +103,7 @@ class Runtime:
         the_mode = Mode.parse(mode, [v["depth"] for v in engine.variants])
         be = BackendOptions(backend, tuple(providers), threads).create(graphs, engine.build["backend"]).open()
         try:
-            controller = Controller(engine, threads=max(threads, 1))
+            controller = Controller(engine)
             lam = None if budget is None else check_budget(budget)
         except BaseException:
             be.close()

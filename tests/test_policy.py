@@ -110,7 +110,7 @@ def test_compiled_boundary_equals_policy_state_and_step(use_predictor):
     lam = (rng.random(N) + 0.01).astype(np.float32)
     preds = rng.integers(0, 3, (N, E))
     used = (np.cumsum(rng.random(E)) / E).astype(np.float32)
-    st = arrays.rollout(proba, lam)
+    st, _ = arrays.rollout(proba, lam)
     rh, rc = arrays.zero_state(N)
     for k in range(E):
         conf = rng.random((N, 3)).astype(np.float32)

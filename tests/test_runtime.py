@@ -123,3 +123,17 @@ def test_wrong_engine_dir_is_one_clear_error(tmp_path):
     with pytest.raises(EdgeError) as e:
         Runtime.open(tmp_path / "nowhere")
     assert e.value.exit == Exit.NOT_FOUND and "not a directory" in str(e.value)
+
+
+def test_compiled_trees_equal_onnx_runtime(rt, exported):
+    """edge_runtime.predictor walks predictor.onnx's trees as ONNX Runtime does."""
+    import onnxruntime as ort
+    path = exported[1] / "predictor.onnx"
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    n_features = sess.get_inputs()[0].shape[1]
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(500, n_features)) * 2).astype(np.float32)
+    x[::7, 3] = np.nan
+    want = sess.run(["proba"], {"features": x})[0]
+    np.testing.assert_allclose(rt.controller.predictor(x), want, atol=1e-6)
+    np.testing.assert_allclose(rt.controller.predictor(x[:1]), want[:1], atol=1e-6)

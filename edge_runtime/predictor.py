@@ -1,0 +1,117 @@
+"""The level-1 complexity predictor on the device: predictor.onnx's tree ensemble, walked by one compiled call.
+
+The engine directory ships the LightGBM predictor as one ONNX TreeEnsembleClassifier node (checked equal to
+LightGBM when it was fitted). Run through an ONNX Runtime session, each input pays the session call on top
+of the trees (about 25 us between two segment runs on this CPU); here the node's arrays are read once and
+the trees walked in a numba function, as ONNX Runtime does: float32 features and thresholds, BRANCH_LEQ
+(x <= t) or BRANCH_LT, NaN to the branch `nodes_missing_value_tracks_true` names, leaf weights summed per
+class, then the node's post_transform (SOFTMAX for LightGBM's multiclass, or NONE). Tested equal to ONNX
+Runtime on the same file.
+"""
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from edge_runtime.errors import EdgeError, Exit
+
+MODES = ("BRANCH_LEQ", "BRANCH_LT", "LEAF")
+LEAF = -1.0
+
+
+@dataclass
+class TreeEnsemble:
+    """One row of 4 float32 per node, so a visit touches one cache line (ONNX Runtime packs its nodes too):
+    branch: threshold, feature (as -(feature + 2) for BRANCH_LT), true child, false child;
+    leaf:   0, LEAF, class, weight. Node and feature indices are exact in float32 below 2 ** 24."""
+    nodes: np.ndarray        # (nodes, 4) float32
+    nan_true: np.ndarray     # (nodes,) bool: where a NaN goes
+    roots: np.ndarray        # (trees,) int64
+    classes: int
+    softmax: bool
+
+    @classmethod
+    def from_onnx(cls, path) -> "TreeEnsemble":
+        from edge_runtime.backends import lazy_import
+        onnx = lazy_import("onnx", extra="runtime")
+        try:
+            model = onnx.load(str(path))
+        except Exception as err:   # onnx raises DecodeError and others
+            raise EdgeError(f"{path} | not an ONNX file ({err})", Exit.CORRUPT) from None
+        found = [n for n in model.graph.node if n.op_type == "TreeEnsembleClassifier"]
+        if len(model.graph.node) != 1 or not found:
+            raise EdgeError(f"{path} | expected one TreeEnsembleClassifier node", Exit.CORRUPT)
+        a = {at.name: onnx.helper.get_attribute_value(at) for at in found[0].attribute}
+        post = a.get("post_transform", b"NONE").decode()
+        modes = [m.decode() for m in a["nodes_modes"]]
+        trees = a["nodes_treeids"]
+        index = {(t, i): j for j, (t, i) in enumerate(zip(trees, a["nodes_nodeids"]))}
+        leaves = [j for j, m in enumerate(modes) if m == "LEAF"]
+        one_each = sorted(index[(t, i)] for t, i in zip(a["class_treeids"], a["class_nodeids"])) == leaves
+        if post not in ("SOFTMAX", "NONE") or any(m not in MODES for m in modes) or a.get("base_values") \
+                or not one_each or len(index) >= 2 ** 24:
+            raise EdgeError(f"{path} | tree modes {sorted(set(modes))}, post_transform {post}: this runtime walks "
+                            "BRANCH_LEQ / BRANCH_LT trees with one class weight per leaf, SOFTMAX or NONE and no "
+                            "base values", Exit.CORRUPT)
+        # each tree laid out depth first, true child next to its parent: a path down a tree reads mostly
+        # consecutive rows (the file's order is breadth first)
+        children = {j: (index[(t, tc)], index[(t, fc)]) for j, (t, m, tc, fc) in
+                    enumerate(zip(trees, modes, a["nodes_truenodeids"], a["nodes_falsenodeids"])) if m != "LEAF"}
+        order, roots = [], []
+        for t in sorted(set(trees)):
+            roots.append(len(order))
+            stack = [index[(t, 0)]]
+            while stack:
+                j = stack.pop()
+                order.append(j)
+                if j in children:
+                    stack += [children[j][1], children[j][0]]
+        new = {j: i for i, j in enumerate(order)}
+        nodes = np.zeros((len(order), 4), np.float32)
+        for j, (m, f, v) in enumerate(zip(modes, a["nodes_featureids"], a["nodes_values"])):
+            if m != "LEAF":
+                nodes[new[j]] = (v, f if m == "BRANCH_LEQ" else -(f + 2), new[children[j][0]], new[children[j][1]])
+        for t, i, c, w in zip(a["class_treeids"], a["class_nodeids"], a["class_ids"], a["class_weights"]):
+            nodes[new[index[(t, i)]]] = (0.0, LEAF, c, w)
+        tracks = a.get("nodes_missing_value_tracks_true", [0] * len(modes))
+        nan_true = np.array([tracks[j] for j in order], bool)
+        roots = np.array(roots, np.int64)
+        return cls(nodes, nan_true, roots, len(a["classlabels_int64s"]), post == "SOFTMAX")
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """(N, classes) float32 probabilities for (N, F) float32 features."""
+        return _forest(np.ascontiguousarray(features, np.float32), self.nodes, self.nan_true, self.roots,
+                       self.classes, self.softmax)
+
+
+@numba.njit(cache=True)
+def _forest(x, nodes, nan_true, roots, classes, softmax):
+    n = x.shape[0]
+    out = np.zeros((n, classes), np.float32)
+    for r in range(n):
+        for root in roots:
+            j = root
+            while True:
+                f = int(nodes[j, 1])
+                if f == -1:                                   # a leaf: class, weight
+                    out[r, int(nodes[j, 2])] += nodes[j, 3]
+                    break
+                v = x[r, f if f >= 0 else -f - 2]
+                if v != v:
+                    go = nan_true[j]
+                elif f >= 0:
+                    go = v <= nodes[j, 0]
+                else:
+                    go = v < nodes[j, 0]
+                j = int(nodes[j, 2]) if go else int(nodes[j, 3])
+        if softmax:
+            top = out[r, 0]
+            for c in range(1, classes):
+                top = max(top, out[r, c])
+            total = 0.0
+            for c in range(classes):
+                out[r, c] = np.exp(out[r, c] - top)
+                total += out[r, c]
+            for c in range(classes):
+                out[r, c] /= total
+    return out
