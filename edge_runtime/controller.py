@@ -13,10 +13,12 @@ the next segment on the rest (batched early exit) with each row's state intact.
 """
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.predictor import TreeEnsemble
+from edge_runtime.policy import _boundary, _start
+from edge_runtime.predictor import TreeEnsemble, _forest
 
 MODES = ("progressive", "oneshot", "fixed:D", "full")
 
@@ -60,15 +62,13 @@ def check_budget(lam) -> float:
 
 
 class Decision:
-    """The controller's per-row state for one batch, from segment 0 to the last row's stop."""
+    """The controller's per-row state for one batch, from segment 0 to the last row's stop.
+    Make it with Controller.start, which also decides exit 0."""
 
-    def __init__(self, controller: "Controller", mode: Mode, lam: np.ndarray, proba: np.ndarray):
-        self.c, self.mode, self.lam, self.proba = controller, mode, lam, proba
-        self.state = None
-        if mode.name == "progressive":
-            self.state, self.preds = controller.policy.rollout(proba, lam)
-        else:
-            self.preds = np.zeros((len(lam), controller.num_exits), np.int64)   # each exit's argmax so far
+    def __init__(self, controller: "Controller", mode: Mode, lam: np.ndarray, proba: np.ndarray, preds,
+                 state=None, first_stop=None):
+        self.c, self.mode, self.lam, self.proba, self.preds = controller, mode, lam, proba, preds
+        self.state, self.first_stop = state, first_stop
         self.target = None
         if mode.name == "oneshot":
             score = np.cumsum(proba, 1) - lam[:, None] * controller.plain[None]
@@ -78,6 +78,8 @@ class Decision:
         """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes) and confidence
         features (n, 3), both from segment k's graph."""
         n, last = len(logits), self.c.num_exits - 1
+        if k == 0 and self.first_stop is not None:   # decided with level 1, in the same call
+            return self.first_stop
         if self.state is not None and k < last:      # progressive: one compiled call does it all
             return self.c.policy.boundary(k, self.state, self.preds, logits, conf, self.c.used)
         self.preds[:, k] = logits.argmax(-1)
@@ -115,11 +117,28 @@ class Controller:
         point = self.operating_points.get(mode.name)
         return float(point["lambda"]) if point else 1.0
 
-    def start(self, mode: Mode, lam: np.ndarray, features: np.ndarray) -> Decision:
-        """The decision state after segment 0, from its `features` output; level 1 runs here unless the
-        mode never reads it."""
+    def start(self, mode: Mode, lam: np.ndarray, features: np.ndarray, logits: np.ndarray,
+              conf: np.ndarray) -> Decision:
+        """The decision state after segment 0, from its outputs (features, logits, conf). In progressive
+        mode level 1 and the first policy step run in one compiled call (each call from Python costs a few
+        microseconds); fixed modes never read the predictor."""
+        n = len(lam)
         if mode.name == "fixed":
-            proba = np.zeros((len(lam), self.num_exits), np.float32)
-        else:
-            proba = self.predictor(features)
-        return Decision(self, mode, lam, proba)
+            return Decision(self, mode, lam, np.zeros((n, self.num_exits), np.float32),
+                            np.zeros((n, self.num_exits), np.int64))
+        t, p = self.predictor, self.policy
+        if mode.name == "progressive" and self.num_exits > 1:
+            proba, state, preds, stop = _first_boundary(
+                np.ascontiguousarray(features, np.float32), logits, conf, lam.astype(np.float32, copy=False),
+                t.nodes, t.nan_true, t.roots, t.classes, t.softmax, p.hidden, p.use_predictor, p._packed, self.used)
+            return Decision(self, mode, lam, proba, preds, state, stop)
+        return Decision(self, mode, lam, t(features), np.zeros((n, self.num_exits), np.int64))
+
+
+@numba.njit(cache=True)
+def _first_boundary(features, logits, conf, lam, nodes, nan_true, roots, classes, softmax, hidden,
+                    use_predictor, w, used):
+    """Level 1 (the trees), the rollout state and the policy's step at exit 0, in one call."""
+    proba = _forest(features, nodes, nan_true, roots, classes, softmax)
+    state, preds = _start(proba, lam, hidden, use_predictor)
+    return proba, state, preds, _boundary(0, state, preds, logits, conf, w, used)

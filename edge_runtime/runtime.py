@@ -145,7 +145,7 @@ class Runtime:
             t1 = time.perf_counter()
             hidden, logits = out["hidden_out"], out["logits"]
             if decision is None:
-                decision = self.controller.start(the_mode, lams, out["features"])
+                decision = self.controller.start(the_mode, lams, out["features"], logits, out["conf"])
             stop = decision.stop(k, logits, out["conf"])
             t2 = time.perf_counter()
             t_seg, t_ctrl = t_seg + (t1 - t0), t_ctrl + (t2 - t1)
