@@ -1,5 +1,6 @@
 """`edge-infer`: the device-side command line. Subcommands are thin: parse, call, print."""
 import argparse
+import os
 import sys
 
 from edge_runtime import __version__
@@ -229,6 +230,9 @@ def main(argv=None) -> int:
         return err.exit
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
+    except BrokenPipeError:            # `edge-infer ... | head`: the reader left, nothing is wrong
+        sys.stdout = open(os.devnull, "w")
+        return Exit.OK
 
 
 if __name__ == "__main__":

@@ -113,6 +113,17 @@ class Controller:
             raise EdgeError(f"{ctrl['predictor']['file']} | {self.predictor.classes} classes for {self.num_exits} "
                             "exits", Exit.CORRUPT)
 
+    def warm_up(self, classes: int) -> None:
+        """Compile the numba functions now (or load them from numba's cache), so no frame pays for it:
+        one progressive decision on a dummy row of each dtype the segments return."""
+        E = self.num_exits
+        logits, conf = np.zeros((1, classes), np.float32), np.zeros((1, 3), np.float32)
+        features = np.zeros((1, self.predictor.num_features), np.float32)
+        decision = self.start(Mode("progressive"), np.ones(1, np.float32), features, logits, conf)
+        if E > 2:
+            decision.stop(1, logits, conf)
+        self.predictor(features)
+
     def default_budget(self, mode: Mode) -> float:
         point = self.operating_points.get(mode.name)
         return float(point["lambda"]) if point else 1.0

@@ -29,6 +29,7 @@ class TreeEnsemble:
     roots: np.ndarray        # (trees,) int64
     classes: int
     softmax: bool
+    num_features: int
 
     @classmethod
     def from_onnx(cls, path) -> "TreeEnsemble":
@@ -76,7 +77,11 @@ class TreeEnsemble:
         tracks = a.get("nodes_missing_value_tracks_true", [0] * len(modes))
         nan_true = np.array([tracks[j] for j in order], bool)
         roots = np.array(roots, np.int64)
-        return cls(nodes, nan_true, roots, len(a["classlabels_int64s"]), post == "SOFTMAX")
+        inputs = model.graph.input[0].type.tensor_type.shape.dim
+        num_features = inputs[1].dim_value if len(inputs) == 2 else 0
+        if num_features < 1:
+            raise EdgeError(f"{path} | its input is not (N, features) with a fixed feature count", Exit.CORRUPT)
+        return cls(nodes, nan_true, roots, len(a["classlabels_int64s"]), post == "SOFTMAX", num_features)
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """(N, classes) float32 probabilities for (N, F) float32 features."""

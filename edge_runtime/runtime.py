@@ -104,6 +104,7 @@ class Runtime:
         be = BackendOptions(backend, tuple(providers), threads).create(graphs, engine.build["backend"]).open()
         try:
             controller = Controller(engine)
+            controller.warm_up(len(engine.task["labels"]))
             lam = None if budget is None else check_budget(budget)
         except BaseException:
             be.close()
