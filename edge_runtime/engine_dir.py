@@ -213,15 +213,6 @@ class EngineDir:
         except (OSError, ValueError) as err:
             raise EdgeError(f"{path.name} | not a reference batch ({err})", Exit.CORRUPT) from None
 
-    def projection(self) -> Projection:
-        ref = self.controller["projection"]
-        try:
-            with np.load(self.file(ref["file"])) as z:
-                weight, bias = z["weight"].astype(np.float32), z["bias"].astype(np.float32)
-        except (OSError, ValueError, KeyError) as err:
-            raise EdgeError(f"{ref['file']} | not a projection file ({err})", Exit.CORRUPT) from None
-        return Projection(weight, bias, float(self.controller["features"].get("pool_eps", 1e-6)))
-
     def policy_arrays(self):
         from edge_runtime.policy import PolicyArrays
         return PolicyArrays.load(self.file(self.controller["policy_arrays"]["file"]))

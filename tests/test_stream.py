@@ -4,7 +4,6 @@ import json
 import shutil
 
 import cv2
-import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_infer
