@@ -56,7 +56,14 @@ def policy_parity(policy, arrays: PolicyArrays, onnx_path, table: ExitTable, pro
     return worst
 
 
-def out_of_fold_proba(train: ExitTable, val: ExitTable, projection, folds: int = 5, seed: int = 0) -> np.ndarray:
+def predictor_params(ckpt_dir) -> dict:
+    """The checkpoint's preset's LightGBM overrides (presets.py `predictor`), or none."""
+    from edge_model.presets import PRESETS
+    return dict(PRESETS.get(read_config(ckpt_dir).get("preset"), {}).get("predictor", {}))
+
+
+def out_of_fold_proba(train: ExitTable, val: ExitTable, projection, folds: int = 5, seed: int = 0,
+                      params: dict = None) -> np.ndarray:
     """The predictor's output on the training split as the policy will see it on new inputs: each fold
     scored by a predictor fitted without it. Scored by the final predictor instead, the training inputs
     get sharper, more often right distributions than any test input will, and the policy learns to
@@ -65,7 +72,7 @@ def out_of_fold_proba(train: ExitTable, val: ExitTable, projection, folds: int =
     proba = np.zeros((len(train), train.num_exits), np.float32)
     for f in range(folds):
         held = np.nonzero(fold == f)[0]
-        p = fit_predictor(train.subset(np.nonzero(fold != f)[0]), val, projection, seed=seed)
+        p = fit_predictor(train.subset(np.nonzero(fold != f)[0]), val, projection, seed=seed, params=params)
         proba[held] = p.proba(p.features(train.subset(held)))
     return proba
 
@@ -79,13 +86,14 @@ def fit_controller(ckpt_dir, out_dir=None, ppo: PPOConfig = PPOConfig(), progres
     tables = load_tables(ckpt_dir)
     train, val, test = tables["train"], tables["val"], tables["test"]
     projection = fit_projection(train.first_pooled)
-    predictor = fit_predictor(train, val, projection, seed=ppo.seed)
+    params = predictor_params(ckpt_dir)
+    predictor = fit_predictor(train, val, projection, seed=ppo.seed, params=params)
     predictor.save(out)
     predictor.export_onnx(out / "predictor.onnx")
     summary = {"checkpoint": str(ckpt_dir), "exits": [int(e) for e in train.exits],
                "predictor": predictor_report(predictor, val, test, projection, out / "predictor.onnx"),
                "predictor_seconds": round(time.time() - start, 1), "policies": {}}
-    proba = out_of_fold_proba(train, val, projection, seed=ppo.seed)
+    proba = out_of_fold_proba(train, val, projection, seed=ppo.seed, params=params)
     summary["policy_proba"] = "out-of-fold on the training split (5 folds)"
     for name, change in POLICIES.items():
         t0 = time.time()

@@ -219,13 +219,15 @@ class Predictor:
         return pred
 
 
-def fit_predictor(train_table: ExitTable, val_table: ExitTable, projection: np.ndarray, seed: int = 0) -> Predictor:
+def fit_predictor(train_table: ExitTable, val_table: ExitTable, projection: np.ndarray, seed: int = 0,
+                  params: dict = None) -> Predictor:
     """Fit on the training split, early-stop on val (multi_logloss); deterministic for a given seed.
 
     Args:
         train_table, val_table: cached exits of the two splits.
         projection: (width, P) from fit_projection on the training split.
         seed: LightGBM's seed.
+        params: LightGBM parameters over PARAMS (a preset's `predictor` entry).
     Returns:
         Predictor holding only the trees up to the best val iteration.
     """
@@ -236,7 +238,7 @@ def fit_predictor(train_table: ExitTable, val_table: ExitTable, projection: np.n
                         f"{val_table.num_exits})", Exit.BAD_INPUT)
     names = feature_names(projection.shape[1])
     y_train, y_val = table_labels(train_table), table_labels(val_table)
-    params = {**PARAMS, "num_class": E, "seed": seed}
+    params = {**PARAMS, **(params or {}), "num_class": E, "seed": seed}
     train_set = lgb.Dataset(table_features(train_table, projection), y_train, feature_name=names,
                             params={"verbose": -1})
     val_set = lgb.Dataset(table_features(val_table, projection), y_val, reference=train_set)
