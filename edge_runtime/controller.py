@@ -67,7 +67,7 @@ class Decision:
 
     def __init__(self, controller: "Controller", mode: Mode, lam: np.ndarray, proba: np.ndarray, preds,
                  state=None, first_stop=None):
-        self.c, self.mode, self.lam, self.proba, self.preds = controller, mode, lam, proba, preds
+        self.c, self.mode, self.preds = controller, mode, preds
         self.state, self.first_stop = state, first_stop
         self.target = None
         if mode.name == "oneshot":
@@ -91,7 +91,7 @@ class Decision:
 
     def keep(self, rows: np.ndarray) -> None:
         """Keep only `rows` (indices or a mask) for the boundaries to come."""
-        self.lam, self.proba, self.preds = self.lam[rows], self.proba[rows], self.preds[rows]
+        self.preds = self.preds[rows]
         if self.state is not None:
             self.state = self.state[rows]
         if self.target is not None:

@@ -79,8 +79,7 @@ class Runtime:
         self.preprocess = make_preprocess(engine)
         self.labels = list(engine.task["labels"])
         self.depths = [v["depth"] for v in engine.variants]
-        self.seg_flops = np.array([s["flops"] for s in engine.segments], np.int64)
-        self.chain_flops = np.cumsum(self.seg_flops)
+        self.chain_flops = np.cumsum([s["flops"] for s in engine.segments], dtype=np.int64)
         self.text = engine.task["kind"] == "text"
         self._stats = RunStats(len(self.depths))
 
