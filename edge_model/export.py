@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from edge_model.models.text import AdaptiveTextEncoder
+from edge_runtime.build import drop_value_info
 from edge_runtime.errors import EdgeError
 
 OPSET = 17   # TensorRT 8.5 (JetPack 5 on Xavier) parses up to opset 17
@@ -186,6 +187,7 @@ def export_segments(folded, out_dir, example, projection, opset: int = OPSET) ->
         params (read by the segment), and ort_max_abs (ONNX Runtime against the folded torch segment
         on the example, the largest over its outputs).
     """
+    import onnx
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     x, mask = example_inputs(folded, example)
@@ -204,6 +206,7 @@ def export_segments(folded, out_dir, example, projection, opset: int = OPSET) ->
             torch.onnx.export(seg, args, str(path), dynamo=True, external_data=False, opset_version=opset,
                               input_names=names, output_names=outputs,
                               dynamic_shapes=tuple({0: batch} for _ in args))
+        onnx.save(drop_value_info(onnx.load(str(path))), str(path))
         checked = verify(path, names, outputs, args, expected, opset)
         records.append({"index": k, "exit": depth, "file": path.name, "bytes": path.stat().st_size,
                         "sha256": sha256(path), **checked, "params": folded.segment_params(k)})

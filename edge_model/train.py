@@ -1,7 +1,9 @@
 """Multi-exit training with dual-path distillation. Runs alone or under torchrun (DDP) unchanged.
 
-loss = CE(final exit) + mean over shallow exits k of [(1 - a) CE(exit k) + a T^2 KL(final/T || exit k/T)]
+loss = CE(final exit) + sum over shallow exits k of w_k [(1 - a) CE(exit k) + a T^2 KL(final/T || exit k/T)]
 The full-depth path is the teacher (detached), so the shallow exits learn from it, not it from them.
+w_k sums to 1: uniform, or proportional to the exit's depth ("depth"), which leaves the first layers to
+serve the deep path rather than their own exit (each head still trains at full speed under AdamW).
 """
 import math
 import os
@@ -40,6 +42,7 @@ class TrainConfig:
     exit_loss: str = "multi"
     distill_alpha: float = 0.5
     distill_temp: float = 2.0
+    exit_weights: str = "uniform"  # shallow exits' share of the loss: "uniform" or "depth" (see above)
     # data and machine
     augment: bool = True          # images: random shift by 2 px and horizontal flip
     freeze_embeddings: bool = False   # text: keep the 30522 x 384 word embeddings fixed (12M fewer to update)
@@ -49,6 +52,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.exit_loss not in ("multi", "final"):
             raise EdgeError(f"exit_loss '{self.exit_loss}' | expected 'multi' or 'final'")
+        if self.exit_weights not in ("uniform", "depth"):
+            raise EdgeError(f"exit_weights '{self.exit_weights}' | expected 'uniform' or 'depth'")
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise EdgeError("train config | epochs, batch_size and lr must be positive")
 
@@ -61,17 +66,27 @@ def config_from(preset: str, **overrides) -> TrainConfig:
     return TrainConfig(**{**spec["train"], "preset": preset, **given})
 
 
-def multi_exit_loss(outs: list, y, cfg: TrainConfig):
+def shallow_weights(exits, how: str) -> list:
+    """Loss weights of the shallow exits (every exit but the last), summing to 1."""
+    shallow = list(exits)[:-1]
+    raw = [float(d) for d in shallow] if how == "depth" else [1.0] * len(shallow)
+    return [w / sum(raw) for w in raw]
+
+
+def multi_exit_loss(outs: list, y, cfg: TrainConfig, weights=None):
+    """weights: the shallow exits' weights (shallow_weights); uniform when None."""
     final = outs[-1]
     loss = F.cross_entropy(final, y, label_smoothing=cfg.label_smoothing)
     if cfg.exit_loss == "final" or len(outs) == 1:
         return loss
     T, a = cfg.distill_temp, cfg.distill_alpha
     teacher = F.log_softmax(final.detach() / T, -1)
-    shallow = [(1 - a) * F.cross_entropy(o, y, label_smoothing=cfg.label_smoothing)
-               + a * T * T * F.kl_div(F.log_softmax(o / T, -1), teacher, log_target=True, reduction="batchmean")
-               for o in outs[:-1]]
-    return loss + sum(shallow) / len(shallow)
+    weights = weights or [1.0 / (len(outs) - 1)] * (len(outs) - 1)
+    shallow = [w * ((1 - a) * F.cross_entropy(o, y, label_smoothing=cfg.label_smoothing)
+                    + a * T * T * F.kl_div(F.log_softmax(o / T, -1), teacher, log_target=True,
+                                           reduction="batchmean"))
+               for w, o in zip(weights, outs[:-1])]
+    return loss + sum(shallow)
 
 
 class ExitsForward(nn.Module):
@@ -129,6 +144,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     tok = minilm_dir() / "tokenizer.json" if pre["kind"] == "text" else None
     train_in, val_in = make_inputs(data, "train", pre, tok), make_inputs(data, "val", pre, tok)
 
+    weights = shallow_weights(model.exits, cfg.exit_weights)
     net = ExitsForward(model, cfg.exit_loss == "multi")
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=cfg.exit_loss == "final")
@@ -158,7 +174,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 x = augment(x, gen)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, warmup, cfg)
-            loss = multi_exit_loss(net(x, mask), y, cfg)
+            loss = multi_exit_loss(net(x, mask), y, cfg, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

@@ -84,6 +84,15 @@ def test_builds_are_recorded_with_per_variant_accuracy(built):
     assert len(caches) == 4 and all(c.is_file() and c.resolve().parent == calib.parent.resolve() for c in caches)
 
 
+def test_every_graph_file_is_written_without_value_info(built):
+    # with the intermediate shapes kept, ORT's planner held more activation memory per segment run
+    import onnx
+    files = sorted(built[1].glob("segment_*.onnx"))
+    assert {f.name.split(".")[1] for f in files} == {"onnx", "opt", "int8"}
+    for f in files:
+        assert len(onnx.load(str(f)).graph.value_info) == 0, f.name
+
+
 def test_built_files_pass_the_hash_check_on_reopen(built, engine_copy):
     import onnx
 

@@ -12,7 +12,7 @@ import torch
 from conftest import run_cli
 from edge_model.checkpoint import load_checkpoint, param_digest
 from edge_model.presets import create_model
-from edge_model.train import config_from, train
+from edge_model.train import config_from, multi_exit_loss, shallow_weights, train
 from edge_runtime.errors import Exit
 
 
@@ -29,6 +29,19 @@ def test_checkpoint_loads_with_its_digest(digits_ckpt):
     with torch.no_grad():
         model.heads[0].head.bias[0] += 1e-3
     assert param_digest(model) != config["param_sha256"]
+
+
+def test_shallow_exit_weights():
+    assert shallow_weights((1, 2, 4, 8), "uniform") == [1 / 3] * 3
+    assert shallow_weights((1, 2, 4, 8), "depth") == [1 / 7, 2 / 7, 4 / 7]
+    # the loss with explicit weights: CE(final) + sum_k w_k * shallow term k, each term computed by hand
+    torch.manual_seed(0)
+    outs, y = [torch.randn(5, 3) for _ in range(3)], torch.tensor([0, 1, 2, 1, 0])
+    cfg = config_from("digits-vit-tiny", distill_alpha=0.0)
+    ce = [torch.nn.functional.cross_entropy(o, y) for o in outs]
+    got = multi_exit_loss(outs, y, cfg, [0.25, 0.75])
+    assert torch.allclose(got, ce[2] + 0.25 * ce[0] + 0.75 * ce[1])
+    assert torch.allclose(multi_exit_loss(outs, y, cfg), ce[2] + (ce[0] + ce[1]) / 2)
 
 
 def test_eval_cli_reports_every_exit(digits_ckpt, tmp_path):
