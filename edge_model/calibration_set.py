@@ -84,7 +84,8 @@ def write_calibration_set(ckpt_dir, name: str = None, out_dir=DEFAULT_DIR, sampl
              f"dataset {task['dataset']}", f"preprocess_sha256 {preprocess_digest(task['preprocess'])}",
              f"method {method}", f"calib_split {split}", f"calib_seed {seed}",
              "calib_indices " + " ".join(map(str, calib_idx.tolist())), f"val_split {val_split}",
-             f"val_samples {len(val_labels)}", f"data {npz.name}", f"data_sha256 {digest}"]
+             f"val_samples {len(val_labels)}", f"data {npz.name}", f"data_sha256 {digest}",
+             f"torch_param_sha256 {config['param_sha256']}"]
     tmp = out / f".{name}.txt.tmp-{os.getpid()}"
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, txt)

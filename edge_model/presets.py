@@ -25,8 +25,10 @@ PRESETS = {
         model=dict(dim=64, depth=6, heads=4, mlp_ratio=2.0, exits=(1, 2, 3, 4, 5, 6)),
         train=dict(epochs=3, batch_size=128, lr=2e-3, warmup_epochs=0.5, augment=False)),
     # the benchmark model: depth 12, exits after layer 1 and then every two layers. The conv stem
-    # gives the tokens local structure; the first exit sees the stem plus one block, so depth pays.
-    # No augmentation: in a 10-epoch budget shifts and flips slow learning more than they regularise
+    # gives the tokens local structure. Shallow exits weigh by depth in the loss ("depth"): with uniform
+    # weights the first block learns for its own exit (87.7 % test at exit 1 against 89.5 % at full depth
+    # after 10 epochs); weighted by depth it serves the deep path (86.5 % against 90.2 % after 12 epochs).
+    # No augmentation: in this budget shifts and flips slow learning more than they regularise
     # (after one epoch 79.5 % without against 72.5 % with, on validation).
     "fmnist-vit": dict(
         arch="vit", dataset="fashion-mnist",

@@ -14,6 +14,8 @@ preprocessed exactly as the device feeds them, so `edge-infer build` needs neith
   val_samples        270            (the whole split, in order)
   data               NAME.npz
   data_sha256        its sha256: the list and the arrays travel together
+  torch_param_sha256 the checkpoint whose predictions val_torch_pred holds (param digest; optional in
+                     older lists): a build refuses engines exported from another checkpoint
 
 NAME.npz: calib_<input> and val_<input> for every input of segment 0 (pixels, or input_ids and
 attention_mask padded to max_len), val_labels, calib_indices, and val_torch_pred (val rows, exits): the
@@ -63,6 +65,7 @@ class CalibrationSet:
     val_samples: int
     data: str
     data_sha256: str
+    torch_param_sha256: str = ""
 
     @property
     def data_path(self) -> Path:
@@ -77,6 +80,11 @@ class CalibrationSet:
         if self.preprocess_sha256 != preprocess_digest(task["preprocess"]):
             raise EdgeError(f"{self.path} | made for another preprocessing than the engines' task.preprocess "
                             f"(make it again from the checkpoint these engines came from)", Exit.BAD_INPUT)
+        engine = manifest.get("provenance", {}).get("param_sha256", "")
+        if self.torch_param_sha256 and engine and self.torch_param_sha256 != engine:
+            raise EdgeError(f"{self.path} | its PyTorch predictions come from another checkpoint (param sha256 "
+                            f"{self.torch_param_sha256[:8]}…, the engines' {engine[:8]}…): write it again with "
+                            f"edge-model calibration-set --checkpoint DIR", Exit.BAD_INPUT)
 
     def arrays(self, inputs: list) -> dict:
         """{calib: {name: array}, val: {name: array}, val_labels, val_torch_pred}, checked against `inputs`
@@ -123,7 +131,9 @@ class CalibrationSet:
 
 
 FIELDS = {"dataset": str, "preprocess_sha256": str, "method": str, "calib_split": str, "calib_seed": int,
-          "calib_indices": list, "val_split": str, "val_samples": int, "data": str, "data_sha256": str}
+          "calib_indices": list, "val_split": str, "val_samples": int, "data": str, "data_sha256": str,
+          "torch_param_sha256": str}
+OPTIONAL = ("torch_param_sha256",)
 
 
 def read_calibration(path) -> CalibrationSet:
@@ -149,7 +159,7 @@ def read_calibration(path) -> CalibrationSet:
                            else int(value) if FIELDS[key] is int else value)
         except ValueError:
             raise EdgeError(f"{path}:{n} | {key} '{value[:40]}' is not {FIELDS[key].__name__}", Exit.CORRUPT) from None
-    missing = [k for k in FIELDS if k not in values]
+    missing = [k for k in FIELDS if k not in values and k not in OPTIONAL]
     if missing:
         raise EdgeError(f"{path} | no '{missing[0]}' line", Exit.CORRUPT)
     if values["method"] not in METHODS:

@@ -176,10 +176,13 @@ def test_calibration_refusals(built, engine_copy, tmp_path):
     (other / "wrong-dataset.txt").write_text(text.replace("dataset digits", "dataset fashion-mnist"))
     (other / "bad-hash.txt").write_text(text.replace("data_sha256 ", "data_sha256 0"))
     (other / "not-a-list.txt").write_text("hello\n")
+    assert "torch_param_sha256 " in text
+    (other / "other-checkpoint.txt").write_text(text.replace("torch_param_sha256 ", "torch_param_sha256 0"))
     for name, code, words in [("absent.txt", Exit.NOT_FOUND, ["absent.txt | missing"]),
                               ("wrong-dataset.txt", Exit.BAD_INPUT, ["made for dataset fashion-mnist"]),
                               ("bad-hash.txt", Exit.CORRUPT, ["digits.npz | sha256 mismatch"]),
-                              ("not-a-list.txt", Exit.CORRUPT, ["not a calibration list"])]:
+                              ("not-a-list.txt", Exit.CORRUPT, ["not a calibration list"]),
+                              ("other-checkpoint.txt", Exit.BAD_INPUT, ["come from another checkpoint"])]:
         result = run_infer("build", "--engine-dir", engine_copy, "--precision", "int8", "--calib", other / name,
                            "--no-progress")
         assert_refused(result, code, *words)
