@@ -265,7 +265,7 @@ def markdown(report: dict) -> str:
              f"Batch {report['batch']}, {report['threads']} intra-op thread(s), median of {report['repeats']} fresh "
              f"processes per number, onnxruntime {report['onnxruntime']} on {report['machine']}. "
              f"{report['method']}.", "",
-             "| set | graphs | files KiB | RSS after load KiB | resident after a batch KiB | x static (resident) | "
+             "| set | graphs | files KiB | RSS after load KiB | resident after the runs KiB | x static (resident) | "
              "x static (load) |", "|---|---|---|---|---|---|---|"]
     for name in ("segments", "segments_shared_arena", "static", "naive"):
         x = s[name]
