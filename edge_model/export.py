@@ -14,7 +14,8 @@ output; the runtime feeds segment k's hidden_out to segment k+1's hidden.
 The dynamo exporter builds opset 18 and converts down with the onnx C API. When that fails it logs a
 warning and keeps opset 18, and some conversions give nodes opset 17 does not allow (Split with
 num_outputs). edge_model.fold writes its modules around both (slices, sum / T instead of mean); every
-file is still loaded with onnx.checker, its opset compared, and run with ONNX Runtime.
+file is still loaded with onnx.checker, its opset compared, and run with ONNX Runtime. Files are saved
+without value_info (edge_runtime.build.drop_value_info: less activation memory per segment run).
 """
 import hashlib
 import math

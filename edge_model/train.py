@@ -81,7 +81,7 @@ def multi_exit_loss(outs: list, y, cfg: TrainConfig, weights=None):
         return loss
     T, a = cfg.distill_temp, cfg.distill_alpha
     teacher = F.log_softmax(final.detach() / T, -1)
-    weights = weights or [1.0 / (len(outs) - 1)] * (len(outs) - 1)
+    weights = weights or shallow_weights(range(len(outs)), "uniform")
     shallow = [w * ((1 - a) * F.cross_entropy(o, y, label_smoothing=cfg.label_smoothing)
                     + a * T * T * F.kl_div(F.log_softmax(o / T, -1), teacher, log_target=True,
                                            reduction="batchmean"))
