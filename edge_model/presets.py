@@ -8,7 +8,8 @@ from edge_runtime.errors import EdgeError
 ARCHS = {"vit": (AdaptiveViT, ViTConfig), "text": (AdaptiveTextEncoder, TextConfig)}
 
 # model: config fields of the architecture; train: TrainConfig fields (edge_model/train.py); predictor:
-# LightGBM parameters over edge_model.controller.predictor.PARAMS.
+# LightGBM parameters over edge_model.controller.predictor.PARAMS; tolerance: the accuracy the controller's
+# chosen knob may lose against full depth (controller/report.py, 0.3 points unless given).
 # The text presets keep the predictor's larger trees: a MiniLM segment runs for milliseconds, so walking
 # 343 trees costs nothing that shows, and on tweets they cut 45.8 % of the FLOPs where PARAMS' small trees
 # cut 43.8 % (both -0.3 points or better, eval-controller).
@@ -33,12 +34,12 @@ PRESETS = {
     "fmnist-vit": dict(
         arch="vit", dataset="fashion-mnist",
         model=dict(dim=64, depth=12, heads=4, mlp_ratio=2.0, exits=(1, 2, 4, 6, 8, 10, 12)),
-        train=dict(epochs=12, batch_size=128, lr=2e-3, warmup_epochs=1.0, augment=False,
+        train=dict(epochs=13, batch_size=128, lr=2e-3, warmup_epochs=1.0, augment=False,
                    exit_weights="depth")),
     # MiniLM-L6 fine-tuned, an exit after every layer
     "tweets-minilm": dict(
         arch="text", dataset="tweets", pretrained="minilm",
-        model=dict(classes=3, max_len=64),
+        model=dict(classes=3, max_len=64), tolerance=0.005,
         train=dict(epochs=1, batch_size=32, lr=6e-5, weight_decay=0.01, warmup_epochs=0.1,
                    freeze_embeddings=True),
         predictor=TEXT_PREDICTOR),

@@ -29,11 +29,13 @@ def point(flops, acc, knob=None):
     return {"knob": knob, "accuracy": acc, "mean_flops": flops, "flops_fraction": flops / 40, "depth_histogram": []}
 
 
-def test_choose_on_val_cheapest_within_tolerance_else_most_accurate():
+def test_choose_on_val_cheapest_inside_the_margin_else_most_accurate():
     points = [point(10, 0.790, "a"), point(25, 0.800, "b"), point(20, 0.797, "c"), point(30, 0.810, "d"),
-              point(20, 0.796, "e")]
-    assert choose_on_val(points, 0.800)["knob"] == "c"          # exactly 0.3 points below counts as within
-    assert choose_on_val(points, 0.800, tolerance=0.0)["knob"] == "b"
+              point(20, 0.796, "e"), point(22, 0.799, "f")]
+    assert choose_on_val(points, 0.800)["knob"] == "f"          # 0.3 budget less 0.2 margin: exactly 0.1 below
+    assert choose_on_val(points, 0.800, margin=0.0)["knob"] == "c"   # exactly 0.3 points below counts as within
+    assert choose_on_val(points, 0.800, tolerance=0.005)["knob"] == "c"
+    assert choose_on_val(points, 0.800, tolerance=0.0, margin=0.0)["knob"] == "b"
     assert choose_on_val(points, 0.900)["knob"] == "d"          # nothing close enough: the most accurate
 
 

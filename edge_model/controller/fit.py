@@ -16,8 +16,8 @@ from edge_model.checkpoint import read_config, write_json
 from edge_model.controller.policy import (PolicyMethod, PPOConfig, export_policy_onnx, step_flops,
                                           table_states, train_policy)
 from edge_model.controller.predictor import Predictor, fit_predictor, fit_projection, predictor_report
-from edge_model.controller.report import (Family, choose_on_val, controller_report, standard_families, sweep,
-                                          write_report)
+from edge_model.controller.report import (MARGIN, TOLERANCE, Family, choose_on_val, controller_report,
+                                          standard_families, sweep, write_report)
 from edge_model.controller.table import ExitTable
 from edge_model.exits import load_exits
 from edge_runtime.errors import EdgeError, Exit
@@ -56,10 +56,19 @@ def policy_parity(policy, arrays: PolicyArrays, onnx_path, table: ExitTable, pro
     return worst
 
 
+def _preset(ckpt_dir) -> dict:
+    from edge_model.presets import PRESETS
+    return PRESETS.get(read_config(ckpt_dir).get("preset"), {})
+
+
 def predictor_params(ckpt_dir) -> dict:
     """The checkpoint's preset's LightGBM overrides (presets.py `predictor`), or none."""
-    from edge_model.presets import PRESETS
-    return dict(PRESETS.get(read_config(ckpt_dir).get("preset"), {}).get("predictor", {}))
+    return dict(_preset(ckpt_dir).get("predictor", {}))
+
+
+def accuracy_budget(ckpt_dir) -> float:
+    """The accuracy a chosen knob may lose against full depth (presets.py `tolerance`, else 0.3 points)."""
+    return float(_preset(ckpt_dir).get("tolerance", TOLERANCE))
 
 
 def out_of_fold_proba(train: ExitTable, val: ExitTable, projection, folds: int = 5, seed: int = 0,
@@ -144,7 +153,8 @@ def eval_controller(ckpt_dir, report_dir=None, controller_dir=None, compare=None
         # charged as if every boundary ran a step (an upper bound), plus the predictor's projection
         extra = summary["policies"][name]["step_flops"] * val.num_exits + predictor_flops * arrays.use_predictor
         families.append(Family(name, lambda lam, a=arrays: PolicyMethod(a, lam), LAMBDAS, extra))
-    report = controller_report(val, test, families, proba_val, proba_test, policy_family="policy")
+    report = controller_report(val, test, families, proba_val, proba_test, policy_family="policy",
+                               tolerance=accuracy_budget(ckpt_dir))
     report["predictor"] = summary["predictor"]
     report["ablations"] = ablations(report, summary, ckpt_dir, compare)
     out = Path(report_dir or Path(ckpt_dir) / "report")
@@ -162,16 +172,16 @@ def operating_points(ckpt_dir, controller_dir=None) -> dict:
     predictor = Predictor.load(ctrl)
     proba = predictor.proba(predictor.features(val))
     arrays = PolicyArrays.load(ctrl / "policy.npz")
-    full = float(val.correct[:, -1].mean())
+    full, budget = float(val.correct[:, -1].mean()), accuracy_budget(ckpt_dir)
     oneshot = next(f for f in standard_families(val, proba) if f.name == "oneshot")
     out = {}
     for mode, family in (("progressive", Family("policy", lambda lam: PolicyMethod(arrays, lam), LAMBDAS)),
                          ("oneshot", oneshot)):
-        point = choose_on_val(sweep(family, val, proba), full)
+        point = choose_on_val(sweep(family, val, proba), full, budget)
         out[mode] = {"lambda": float(point["knob"]), "val_accuracy": point["accuracy"],
                      "val_flops_fraction": point["flops_fraction"]}
-    return {"chosen": "on the validation split: the cheapest lambda within 0.3 points of full depth",
-            "val_full_accuracy": full, **out}
+    return {"chosen": f"on the validation split: the cheapest lambda within {(budget - MARGIN) * 100:.1f} points of full "
+                      "depth (the report's rule)", "val_full_accuracy": full, **out}
 
 
 def ablations(report: dict, summary: dict, ckpt_dir, compare) -> dict:

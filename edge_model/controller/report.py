@@ -2,8 +2,9 @@
 
 Protocol (DESIGN.md section 4, "Measuring honestly"): each family (fixed depth, entropy, max probability,
 patience, predictor, oneshot, the policy) is swept over its knob on the validation split; the knob kept is
-the cheapest whose validation accuracy is within `tolerance` of full depth (the most accurate one when none
-is); that knob alone is run on test. Tuned on test, simple thresholds look 0.4-1 point better than they are.
+the cheapest whose validation accuracy is within `tolerance - margin` of full depth (the most accurate one
+when none is); that knob alone is run on test. Tuned on test, simple thresholds look 0.4-1 point better than
+they are.
 
 Test numbers are then compared at equal test accuracy: against full depth (the paper's metric), the
 cheapest fixed depth that reaches it (what truncation alone gives), the best threshold baseline's test
@@ -24,13 +25,19 @@ from edge_model.controller.table import ExitTable
 from edge_model.exits import lower_bound_curve, thin
 
 TOLERANCE = 0.003                     # DESIGN.md section 1: accuracy within +-0.3 % of full depth
+# Validation must show a knob this far inside the budget. Kept right at the budget's edge, a knob lands
+# outside it on test about half the time, and more often than not, since the cheapest knob that passes is
+# also the one validation flattered most (fmnist-vit, 5,000 validation inputs: -0.30 points on validation,
+# -0.74 on test). 0.2 points is about 1.3 standard errors of the paired accuracy change on 10,000 inputs.
+MARGIN = 0.002
 THRESHOLD_FAMILIES = ("entropy", "maxprob", "patience")
 EPS = 1e-9                            # accuracies are m / N: keeps 0.797 >= 0.800 - 0.003 true under rounding
 
 PROTOCOL = (
     "Each method's knob (threshold, patience, lambda) is chosen on the validation split: the cheapest point "
-    "whose validation accuracy is at least full-depth validation accuracy minus {tol:.1f} points, or the most "
-    "accurate point when none is. Only that knob is run on the test split; nothing is tuned on test. "
+    "whose validation accuracy is at least full-depth validation accuracy minus {limit:.1f} points (the "
+    "{tol:.1f}-point budget less a {margin:.1f}-point margin), or the most accurate point when none is. Only "
+    "that knob is run on the test split; nothing is tuned on test. "
     "Random depth is drawn at the main method's test mean FLOPs (matched mean). "
     "Iso-accuracy comparisons read the other method's whole test curve at the row's test accuracy: the "
     "cheapest fixed depth reaching it (no interpolation), and the Pareto frontier of a threshold baseline's "
@@ -108,9 +115,11 @@ def random_matched(table: ExitTable, flops_fraction: float, seed: int = 0) -> di
     return {"knob": target, **outcome(table, run(method, table), method.cost)}
 
 
-def choose_on_val(val_points: list, val_full_acc: float, tolerance: float = TOLERANCE) -> dict:
-    """The cheapest point within `tolerance` of full-depth validation accuracy; else the most accurate."""
-    ok = [p for p in val_points if p["accuracy"] >= val_full_acc - tolerance - EPS]
+def choose_on_val(val_points: list, val_full_acc: float, tolerance: float = TOLERANCE,
+                  margin: float = MARGIN) -> dict:
+    """The cheapest point within `tolerance - margin` of full-depth validation accuracy; else the most
+    accurate."""
+    ok = [p for p in val_points if p["accuracy"] >= val_full_acc - (tolerance - margin) - EPS]
     if ok:
         return min(ok, key=lambda p: (p["mean_flops"], -p["accuracy"]))
     return max(val_points, key=lambda p: (p["accuracy"], -p["mean_flops"]))
@@ -185,7 +194,8 @@ def headline(name: str, test_point: dict, test: ExitTable, curves: dict, fixed_p
 
 
 def controller_report(val_table: ExitTable, test_table: ExitTable, families: list, proba_val=None,
-                      proba_test=None, policy_family=None, head_tolerance: float = TOLERANCE) -> dict:
+                      proba_test=None, policy_family=None, tolerance: float = TOLERANCE,
+                      margin: float = MARGIN) -> dict:
     """Sweep every family on val and test, choose each knob on val, and compare the test results.
 
     Args:
@@ -193,7 +203,8 @@ def controller_report(val_table: ExitTable, test_table: ExitTable, families: lis
         proba_val, proba_test: the predictor's (N, E) distributions, passed to every method.
         policy_family: the policy (a Family, or the name of one in `families`); the main method when given,
             otherwise the baseline whose validation-chosen point wins choose_on_val among all families.
-        head_tolerance: accuracy a chosen point may lose on validation, as a fraction (0.003 = 0.3 points).
+        tolerance: the accuracy budget against full depth, as a fraction (0.003 = 0.3 points); a knob is kept
+            when validation puts it `margin` inside the budget (choose_on_val).
     Returns:
         a plain-JSON dict; write it with write_report.
     """
@@ -205,16 +216,16 @@ def controller_report(val_table: ExitTable, test_table: ExitTable, families: lis
     out = {}
     for fam in families:
         val, test = sweep(fam, val_table, proba_val), sweep(fam, test_table, proba_test)
-        chosen = choose_on_val(val, val_full, head_tolerance)
+        chosen = choose_on_val(val, val_full, tolerance, margin)
         i = next(j for j, p in enumerate(val) if p is chosen)
         out[fam.name] = {"extra_flops": fam.extra_flops, "val": val, "test": test,
                          "chosen": {"index": i, "knob": chosen["knob"], "val": chosen, "test": test[i],
-                                    "met_tolerance": chosen["accuracy"] >= val_full - head_tolerance - EPS}}
+                                    "within_limit": chosen["accuracy"] >= val_full - (tolerance - margin) - EPS}}
     if policy_family is not None:
         main = policy_family.name if isinstance(policy_family, Family) else policy_family
     else:   # the best baseline, judged on validation like every knob
         cands = {n: f["chosen"]["val"] for n, f in out.items() if n != "oracle"}
-        best = choose_on_val(list(cands.values()), val_full, head_tolerance)
+        best = choose_on_val(list(cands.values()), val_full, tolerance, margin)
         main = next(n for n, p in cands.items() if p is best)
 
     chosen_main = out[main]["chosen"]
@@ -231,8 +242,8 @@ def controller_report(val_table: ExitTable, test_table: ExitTable, families: lis
                       **headline("random", random["test"], test_table, curves, fixed_test)}
     levels, bound = lower_bound_curve(test_table.correct, test_table.flops)
     return {
-        "protocol": {"tolerance": head_tolerance, "interpolation": "linear between adjacent Pareto points",
-                     "text": PROTOCOL.format(tol=head_tolerance * 100)},
+        "protocol": {"tolerance": tolerance, "margin": margin, "interpolation": "linear between adjacent Pareto points",
+                     "text": PROTOCOL.format(limit=(tolerance - margin) * 100, tol=tolerance * 100, margin=margin * 100)},
         "samples": {"val": len(val_table), "test": len(test_table)},
         "exits": [int(x) for x in test_table.exits], "flops": test_table.flops.tolist(),
         "full_flops": test_table.full_flops,
@@ -279,11 +290,11 @@ def report_markdown(report: dict) -> str:
             f"{_fmt(r['fixed_over_method'])} | {r['best_threshold'] or 'none'} | "
             f"{_fmt(r['best_threshold_over_method'])} | {_fmt(r['method_over_lower_bound'])} |")
     lines += ["", "## Operating points (knob chosen on validation)", "",
-              "| family | knobs swept | knob | met tolerance on val | val acc % | val FLOPs % | test acc % "
+              "| family | knobs swept | knob | within the limit on val | val acc % | val FLOPs % | test acc % "
               "| test FLOPs % | test depth histogram |", "|---|---|---|---|---|---|---|---|---|"]
     for name, f in report["families"].items():
         c, knob = f["chosen"], _knob(name, f["chosen"]["knob"], report["exits"])
-        lines.append(f"| {name} | {len(f['val'])} | {knob} | {'yes' if c['met_tolerance'] else 'no'} | "
+        lines.append(f"| {name} | {len(f['val'])} | {knob} | {'yes' if c['within_limit'] else 'no'} | "
                      f"{c['val']['accuracy'] * 100:.2f} | {c['val']['flops_fraction'] * 100:.1f} | "
                      f"{c['test']['accuracy'] * 100:.2f} | {c['test']['flops_fraction'] * 100:.1f} | "
                      f"{c['test']['depth_histogram']} |")
@@ -317,7 +328,7 @@ def plot_accuracy_vs_flops(report: dict, ax) -> None:
     ax.axhline(full_acc, color="black", lw=0.8)
     ax.axhline(full_acc - tol, color="black", lw=0.8, ls=":")
     ax.text(1, full_acc, " full depth", va="bottom", fontsize=8)
-    ax.text(1, full_acc - tol, f" full - {tol:.1f} pts", va="top", fontsize=8)
+    ax.text(1, full_acc - tol, f" full - {tol:.1f} pts (the budget)", va="top", fontsize=8)
     first = min(p["accuracy"] for p in report["families"].get("fixed", {"test": [{"accuracy": 1.0}]})["test"]) * 100
     ax.set_ylim(min(lows + [first, full_acc - tol]) - 1, max(lows + [report["oracle"]["accuracy"] * 100]) + 1)
     ax.set_xlim(0, None)
