@@ -34,7 +34,7 @@ PRESETS = {
     "fmnist-vit": dict(
         arch="vit", dataset="fashion-mnist",
         model=dict(dim=64, depth=12, heads=4, mlp_ratio=2.0, exits=(1, 2, 4, 6, 8, 10, 12)),
-        train=dict(epochs=13, batch_size=128, lr=2e-3, warmup_epochs=1.0, augment=False,
+        train=dict(epochs=12, batch_size=128, lr=2e-3, warmup_epochs=1.0, augment=False,
                    exit_weights="depth")),
     # MiniLM-L6 fine-tuned, an exit after every layer
     "tweets-minilm": dict(

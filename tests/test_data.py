@@ -97,13 +97,13 @@ def write_fmnist(d, n_train, n_test, gz: bool, seed=0):
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
 def test_fashion_mnist_from_data_dir(tmp_path, gz):
-    n_train = 300   # a small folder: a sixth goes to validation (the full set holds out FMNIST_VAL)
+    n_train = 300   # a small folder: a tenth goes to validation (the full set holds out FMNIST_VAL)
     arrays = write_fmnist(tmp_path, n_train, 25, gz)
     d = load_dataset("fashion-mnist", data_dir=tmp_path)
     (x_tr, y_tr), (x_te, y_te) = arrays["train"], arrays["test"]
     np.testing.assert_array_equal(d["test"].x, x_te)
     np.testing.assert_array_equal(d["test"].y, y_te)
-    assert [len(d[s]) for s in SPLITS] == [250, 50, 25]
+    assert [len(d[s]) for s in SPLITS] == [270, 30, 25]
     assert d["train"].y.dtype == np.int64 and d["train"].x.shape[1:] == (4, 4)
     # train + val are the official training set, each image once
     got = sorted(r.tobytes() + bytes([int(y)]) for s in ("train", "val") for r, y in zip(d[s].x, d[s].y))

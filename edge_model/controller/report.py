@@ -28,7 +28,7 @@ TOLERANCE = 0.003                     # DESIGN.md section 1: accuracy within +-0
 # Validation must show a knob this far inside the budget. Kept right at the budget's edge, a knob lands
 # outside it on test about half the time, and more often than not, since the cheapest knob that passes is
 # also the one validation flattered most (fmnist-vit, 5,000 validation inputs: -0.30 points on validation,
-# -0.74 on test). 0.2 points is about 1.3 standard errors of the paired accuracy change on 10,000 inputs.
+# -0.74 on test). 0.2 points is about one standard error of that paired accuracy change on 5,000 inputs.
 MARGIN = 0.002
 THRESHOLD_FAMILIES = ("entropy", "maxprob", "patience")
 EPS = 1e-9                            # accuracies are m / N: keeps 0.797 >= 0.800 - 0.003 true under rounding
