@@ -86,6 +86,9 @@ def test_headline_for_a_fixed_depth_policy_by_hand():
     assert h["method_over_lower_bound"] == pytest.approx(2.0)
     assert h["depth_histogram"] == [0, 10, 0]
     assert r["random"]["test"]["knob"] == pytest.approx(0.5)          # matched to the policy's test cost
+    # 1.3x the lower bound is 13 FLOPs: fixed exit 0 (10 FLOPs, 0.7) fits, no patience knob does
+    assert r["near_bound"]["mean_flops"] == pytest.approx(13.0)
+    assert r["near_bound"]["accuracy"] == {"fixed": pytest.approx(0.7), "patience": None, "policy": pytest.approx(0.7)}
 
 
 def test_best_baseline_is_chosen_on_val():
@@ -107,6 +110,7 @@ def test_report_writes_json_markdown_and_plots(tmp_path):
     assert json.loads((out / "controller.json").read_text())["main"] == r["main"]
     md = (out / "controller.md").read_text()
     assert "chosen on the validation split" in md and f"**{r['main']}**" in md and "| oneshot |" in md
+    assert "## Within 1.3x the lower bound" in md
     for name in ("accuracy_vs_flops.png", "depth_histogram.png", "extra.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
