@@ -88,7 +88,8 @@ def test_headline_for_a_fixed_depth_policy_by_hand():
     assert r["random"]["test"]["knob"] == pytest.approx(0.5)          # matched to the policy's test cost
     # 1.3x the lower bound is 13 FLOPs: fixed exit 0 (10 FLOPs, 0.7) fits, no patience knob does
     assert r["near_bound"]["mean_flops"] == pytest.approx(13.0)
-    assert r["near_bound"]["accuracy"] == {"fixed": pytest.approx(0.7), "patience": None, "policy": pytest.approx(0.7)}
+    assert r["near_bound"]["accuracy"] == {"fixed": pytest.approx(0.7), "patience": None,
+                                           "policy": pytest.approx(0.7)}
 
 
 def test_best_baseline_is_chosen_on_val():

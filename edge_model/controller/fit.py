@@ -180,8 +180,9 @@ def operating_points(ckpt_dir, controller_dir=None) -> dict:
         point = choose_on_val(sweep(family, val, proba), full, budget)
         out[mode] = {"lambda": float(point["knob"]), "val_accuracy": point["accuracy"],
                      "val_flops_fraction": point["flops_fraction"]}
-    return {"chosen": f"on the validation split: the cheapest lambda within {(budget - MARGIN) * 100:.1f} points of full "
-                      "depth (the report's rule)", "val_full_accuracy": full, **out}
+    limit = (budget - MARGIN) * 100
+    return {"chosen": f"on the validation split: the cheapest lambda within {limit:.1f} points of full depth "
+                      "(the report's rule)", "val_full_accuracy": full, **out}
 
 
 def ablations(report: dict, summary: dict, ckpt_dir, compare) -> dict:
