@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     from edge_model.exits import load_exits
     from edge_model.inputs import make_inputs
     from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.check import run_chain
-    from edge_runtime.engine_dir import EngineDir
+    from edge_runtime.tools.check import run_chain
+    from edge_runtime.core.engine_dir import EngineDir
 
     config = read_config(args.checkpoint)
     inputs = make_inputs(load_dataset(config["task"]["dataset"]), args.split, config["task"]["preprocess"],
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     engine = EngineDir.open(args.engine_dir)
     graphs = engine.graphs()
     if args.precision != "fp32":
-        from edge_runtime.build import open_build
+        from edge_runtime.tools.build import open_build
         graphs = open_build(engine, args.precision)
     chain = engine.variants[-1]["chain"]
     agree = np.zeros(torch_logits.shape[:2], bool)

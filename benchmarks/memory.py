@@ -161,9 +161,9 @@ def run_benchmark(engine_dir, build: str = "export", batch: int = 64, repeats: i
     """Measure the three sets of an engine directory; returns the report (module docstring)."""
     from tqdm import tqdm
 
-    from edge_runtime.build import open_build
-    from edge_runtime.engine_dir import EngineDir
-    from edge_runtime.errors import EdgeError
+    from edge_runtime.tools.build import open_build
+    from edge_runtime.core.engine_dir import EngineDir
+    from edge_runtime.core.errors import EdgeError
     engine = EngineDir.open(engine_dir)
     graphs = engine.graphs() if build == "export" else open_build(engine, build)
     seg_paths = [str(g.path.resolve()) for g in graphs.values()]
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    from edge_runtime.errors import EdgeError
+    from edge_runtime.core.errors import EdgeError
     if not Path("/proc/self/status").is_file():
         print("memory.py: /proc/self/status | not here: this benchmark reads Linux's VmRSS and VmHWM", file=sys.stderr)
         return 2

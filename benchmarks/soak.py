@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_runtime.report import write_json_md  # noqa: E402
+from edge_runtime.io.report import write_json_md  # noqa: E402
 
 
 def rss_mb(pid: int):
@@ -40,7 +40,7 @@ def main() -> int:
     args = p.parse_args()
     manifest = json.loads((Path(args.engine_dir) / "manifest.json").read_text())
     summary = Path(args.out).with_name("soak-summary.json")
-    cmd = [sys.executable, "-m", "edge_runtime.cli", f"dataset://{manifest['task']['dataset']}/test",
+    cmd = [sys.executable, "-m", "edge_runtime.tools.cli", f"dataset://{manifest['task']['dataset']}/test",
            "--engine-dir", args.engine_dir, "--input-loop", "-1", "--max-frames", str(args.frames),
            "--headless", "--quiet", "--summary-every", "0", "--telemetry", "none", "--summary", str(summary)]
     start = time.time()

@@ -1,6 +1,6 @@
 """The workstation half of INT8 calibration: pick samples from a checkpoint's dataset and write
 calibration/NAME.txt (the list) and NAME.npz (the inputs as the device feeds them), which
-edge_runtime.calibration reads on the device without torch. CLI: `edge-model calibration-set`."""
+edge_runtime.core.calibration reads on the device without torch. CLI: `edge-model calibration-set`."""
 import hashlib
 import os
 from pathlib import Path
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.calibration import DEFAULT_DIR, FORMAT, METHODS, preprocess_digest
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.calibration import DEFAULT_DIR, FORMAT, METHODS, preprocess_digest
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 def write_calibration_set(ckpt_dir, name: str = None, out_dir=DEFAULT_DIR, samples: int = 256,

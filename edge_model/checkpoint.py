@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 from edge_model.presets import build_model, config_dict, model_config
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 FORMAT = "edge-model-checkpoint"
 VERSION = 1

@@ -4,7 +4,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=17, metavar="N", help="ai.onnx opset (TensorRT 8.5 reads <= 17)")
     ex.add_argument("--no-progress", action="store_true")
     ex.set_defaults(func=cmd_export)
-    from edge_runtime.calibration import DEFAULT_DIR, METHODS
+    from edge_runtime.core.calibration import DEFAULT_DIR, METHODS
     cs = sub.add_parser("calibration-set", help="write calibration/NAME.txt + NAME.npz for INT8 builds")
     cs.add_argument("--checkpoint", required=True, metavar="DIR")
     cs.add_argument("--name", default=None, help="the set's name (default: the checkpoint's preset)")

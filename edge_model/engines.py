@@ -8,7 +8,7 @@ engines/<name>/ holds (every path in the manifest relative to it, every file has
   tokenizer.json     text models only
   reference.npz      16 test inputs and the PyTorch (unfolded checkpoint) logits of every exit,
                      and the controller features: what `edge-infer check` compares against
-  manifest.json      schema edge-engines v1 (edge_runtime.manifest documents every field)
+  manifest.json      schema edge-engines v1 (edge_runtime.core.manifest documents every field)
 
 The projection. The predictor's PCA projection P was fitted on the first exit's pooled vector after
 its LayerNorm affine (evaluate.collect_exits caches gamma * n + beta). Folding moves that affine into the
@@ -32,16 +32,16 @@ import torch
 
 from edge_model.checkpoint import load_checkpoint, tokenizer_path, write_json
 from edge_model.export import OPSET, ControllerOutputs, export_segments, input_names, sha256
-from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION
+from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION
 
 REFERENCE_SAMPLES = 16
 PROJECTION_ATOL = 1e-4     # segment 0's controller features vs the workstation's on the reference batch
 CONTROLLER_FILES = {"predictor": "predictor.onnx", "policy": "policy.onnx", "policy_arrays": "policy.npz"}
 INPUT_STATS = {
-    "image": {"names": ["mean", "std", "edge_energy"], "function": "edge_runtime.features.image_stats",
+    "image": {"names": ["mean", "std", "edge_energy"], "function": "edge_runtime.core.features.image_stats",
               "of": "the preprocessed input (N, C, H, W)"},
-    "text": {"names": ["token_fraction", "zero", "zero"], "function": "edge_runtime.features.text_stats",
+    "text": {"names": ["token_fraction", "zero", "zero"], "function": "edge_runtime.core.features.text_stats",
              "of": "the attention mask (N, max_len): token count / max_len"},
 }
 
@@ -77,7 +77,7 @@ def reference_inputs(config: dict, ckpt_dir: Path, data_dir, n: int) -> tuple:
 def reference_outputs(model, x, mask, projection: np.ndarray, task: dict) -> tuple:
     """(logits (N, exits, classes), features (N, 6 + P)) of the unfolded model, the features as the
     workstation computes them for the predictor: what the device must reproduce."""
-    from edge_runtime.features import confidence, controller_features, image_stats, text_stats
+    from edge_runtime.core.features import confidence, controller_features, image_stats, text_stats
     logits = torch.stack(model.forward_exits(x, mask), 1).numpy()        # (N, E, classes)
     bias, keep = model.attention_inputs(mask)
     h = model.run_segment(model.embed(x), 0, bias)                       # (N, T, C)
@@ -128,7 +128,7 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
     from edge_model.exits import load_exits
     from edge_model.flops import model_flops
     from edge_model.fold import fold_model
-    from edge_runtime.engine_dir import Projection
+    from edge_runtime.core.engine_dir import Projection
     say = print if progress else (lambda *a, **k: None)
     task, text = config["task"], config["task"]["kind"] == "text"
     ctrl = controller_dir(ckpt)
@@ -199,7 +199,7 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
                 "names": predictor_meta["feature_names"],
                 "input_stats": {"kind": task["kind"], **INPUT_STATS[task["kind"]]},
                 "confidence": {"names": ["max_prob", "margin", "entropy"], "of": "segment 0's logits",
-                               "function": "edge_runtime.features.confidence"},
+                               "function": "edge_runtime.core.features.confidence"},
                 "projection_dims": int(P.shape[1]),
                 "projection_input": ("layer_norm of the " + ("attention-masked " if text else "") +
                                      "mean over tokens of segment 0's hidden_out, without affine "
@@ -245,7 +245,7 @@ def export_engines(ckpt_dir, out_dir, data_dir=None, samples: int = REFERENCE_SA
     Returns:
         The manifest written to out_dir/manifest.json.
     """
-    from edge_runtime.engine_dir import EngineDir
+    from edge_runtime.core.engine_dir import EngineDir
     ckpt, out = Path(ckpt_dir), Path(out_dir)
     if samples < 1:
         raise EdgeError(f"--samples {samples} | must be at least 1", Exit.BAD_INPUT)

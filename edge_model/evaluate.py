@@ -15,10 +15,10 @@ def collect_exits(model, inputs, batch_size: int = 256, progress: bool = False) 
     """One pass over a split through every exit, in the segment API the export uses.
 
     Returns logits (N, exits, classes), first_pooled (N, width): the first exit's normalised pooled
-    vector, and input_stats (N, 3): edge_runtime.features' input statistics. Text is batched by length
+    vector, and input_stats (N, 3): edge_runtime.core.features' input statistics. Text is batched by length
     (less padding), then put back in order.
     """
-    from edge_runtime.features import image_stats, text_stats
+    from edge_runtime.core.features import image_stats, text_stats
     was_training = model.training
     model.eval()
     n = len(inputs)

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_model.checkpoint import load_checkpoint, tokenizer_path, write_json
 from edge_model.data import load_dataset
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 def oracle_depths(correct: np.ndarray) -> np.ndarray:

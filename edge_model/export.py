@@ -4,8 +4,8 @@ Segment k's graph (DESIGN section 5): static shapes except the batch axis; text 
   segment 0   inputs pixels (B, C, H, W) float32, or input_ids and attention_mask (B, T) int64
   later       inputs hidden (B, T, C) float32 (+ attention_mask for text)
   every one   outputs hidden_out (B, T, C), logits (B, classes) and conf (B, 3): the controller's view of
-              the exit (edge_runtime.features.confidence), all float32
-  segment 0   also outputs features (B, 6 + P): the predictor's input (edge_runtime.features)
+              the exit (edge_runtime.core.features.confidence), all float32
+  segment 0   also outputs features (B, 6 + P): the predictor's input (edge_runtime.core.features)
 The controller's features are computed in the graphs because on the device each numpy call between two
 segment runs costs microseconds (caches cold after the segment): in the graph they cost nearly nothing.
 The hidden output is named hidden_out because an ONNX graph cannot use one name for an input and an
@@ -15,7 +15,7 @@ The dynamo exporter builds opset 18 and converts down with the onnx C API. When 
 warning and keeps opset 18, and some conversions give nodes opset 17 does not allow (Split with
 num_outputs). edge_model.fold writes its modules around both (slices, sum / T instead of mean); every
 file is still loaded with onnx.checker, its opset compared, and run with ONNX Runtime. Files are saved
-without value_info (edge_runtime.build.drop_value_info: less activation memory per segment run).
+without value_info (edge_runtime.tools.build.drop_value_info: less activation memory per segment run).
 """
 import hashlib
 import math
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from edge_model.models.text import AdaptiveTextEncoder
-from edge_runtime.build import drop_value_info
-from edge_runtime.errors import EdgeError
+from edge_runtime.tools.build import drop_value_info
+from edge_runtime.core.errors import EdgeError
 
 OPSET = 17   # TensorRT 8.5 (JetPack 5 on Xavier) parses up to opset 17
 
@@ -42,7 +42,7 @@ def mean_last(x):
 
 def confidence(logits):
     """(B, 3) max probability, top-1 minus top-2 margin, entropy / log(classes): the torch twin of
-    edge_runtime.features.confidence, tested equal."""
+    edge_runtime.core.features.confidence, tested equal."""
     log_p = torch.log_softmax(logits, -1)
     p = log_p.exp()
     top2 = torch.topk(p, 2, dim=-1).values
@@ -56,7 +56,7 @@ class ControllerOutputs(torch.nn.Module):
     def __init__(self, segment, k: int, projection, text: bool, max_len: int = 0):
         """Args:
             segment: folded.segment(k).
-            projection: edge_runtime.engine_dir.Projection (weight (C, P), bias (P,), eps) for segment 0.
+            projection: edge_runtime.core.engine_dir.Projection (weight (C, P), bias (P,), eps) for segment 0.
             text: inputs are (input_ids, attention_mask); max_len scales the token count.
         """
         super().__init__()
@@ -67,7 +67,7 @@ class ControllerOutputs(torch.nn.Module):
             self.eps = projection.eps
 
     def input_stats(self, x, mask):
-        """(B, 3): edge_runtime.features.image_stats of the pixels, or text_stats of the mask."""
+        """(B, 3): edge_runtime.core.features.image_stats of the pixels, or text_stats of the mask."""
         if self.text:
             count = mask.float().sum(-1, keepdim=True) / self.max_len
             return torch.cat([count, torch.zeros_like(count), torch.zeros_like(count)], -1)
@@ -79,7 +79,7 @@ class ControllerOutputs(torch.nn.Module):
         return torch.stack([mean, std, dx + dy], -1)
 
     def projected(self, h, mask):
-        """(B, P): edge_runtime.engine_dir.Projection of segment 0's hidden output."""
+        """(B, P): edge_runtime.core.engine_dir.Projection of segment 0's hidden output."""
         if mask is None:
             pooled = h.sum(1) / h.shape[1]
         else:
@@ -181,7 +181,7 @@ def export_segments(folded, out_dir, example, projection, opset: int = OPSET) ->
         folded: a FoldedModel (edge_model.fold).
         out_dir: the directory to write to (created if missing).
         example: images (B, C, H, W), or (input_ids, attention_mask) of shape (B, max_len) for text.
-        projection: the controller's feature projection (edge_runtime.engine_dir.Projection).
+        projection: the controller's feature projection (edge_runtime.core.engine_dir.Projection).
         opset: the ai.onnx opset the files must declare.
     Returns:
         Per segment: index, exit depth, file, bytes, sha256, inputs and outputs (name, shape, dtype),

@@ -3,7 +3,7 @@ from dataclasses import asdict, fields
 
 from edge_model.models.text import AdaptiveTextEncoder, TextConfig
 from edge_model.models.vit import AdaptiveViT, ViTConfig
-from edge_runtime.errors import EdgeError
+from edge_runtime.core.errors import EdgeError
 
 ARCHS = {"vit": (AdaptiveViT, ViTConfig), "text": (AdaptiveTextEncoder, TextConfig)}
 

@@ -19,7 +19,7 @@ from edge_model.checkpoint import param_digest, save_checkpoint, write_json
 from edge_model.data import load_dataset
 from edge_model.inputs import augment, copy_tokenizer, make_inputs, make_preprocess
 from edge_model.presets import create_model, get_preset
-from edge_runtime.errors import EdgeError
+from edge_runtime.core.errors import EdgeError
 
 
 @dataclass

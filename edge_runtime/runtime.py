@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_runtime.backends import BackendOptions
-from edge_runtime.controller import Controller, Mode, check_budget
-from edge_runtime.engine_dir import EngineDir
-from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.features import softmax
-from edge_runtime.preprocess import make_preprocess
+from edge_runtime.core.controller import Controller, Mode, check_budget
+from edge_runtime.core.engine_dir import EngineDir
+from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.features import softmax
+from edge_runtime.core.preprocess import make_preprocess
 
 STAGES = ("preprocess", "segments", "controller", "postprocess")
 
@@ -52,7 +52,7 @@ class BatchOutput:
 def graphs_for(engine: EngineDir, precision: str):
     """The graphs to run: a build of `precision` (fp32: the optimised build when there is one, else the
     exported segments; int8: the int8 build)."""
-    from edge_runtime.build import open_build
+    from edge_runtime.tools.build import open_build
     built = {b.get("precision") for b in engine.manifest.get("builds", [])}
     if precision == "fp32" and "fp32" not in built:
         return engine.graphs(), "exported fp32 segments"

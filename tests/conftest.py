@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from edge_model import cli
-from edge_runtime import cli as infer_cli
-from edge_runtime.errors import Exit
+from edge_runtime.tools import cli as infer_cli
+from edge_runtime.core.errors import Exit
 
 # Two cores shared with long background trainings: one intra-op thread keeps every test polite.
 torch.set_num_threads(1)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 from test_engines import assert_refused, run_infer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def engine_copy(built, tmp_path):
 
 
 def test_calibration_list_names_its_samples(built):
-    from edge_runtime.calibration import read_calibration
+    from edge_runtime.core.calibration import read_calibration
     calib = read_calibration(built[2])
     assert (calib.dataset, calib.calib_split, calib.val_split, calib.method) == ("digits", "train", "val", "minmax")
     assert len(calib.calib_indices) == 128 == len(set(calib.calib_indices)) and calib.val_samples > 0
@@ -97,9 +97,9 @@ def test_built_files_pass_the_hash_check_on_reopen(built, engine_copy):
     import onnx
 
     from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.build import open_build
-    from edge_runtime.check import run_chain
-    from edge_runtime.engine_dir import EngineDir
+    from edge_runtime.tools.build import open_build
+    from edge_runtime.tools.check import run_chain
+    from edge_runtime.core.engine_dir import EngineDir
     engine = EngineDir.open(built[1])
     ref = engine.reference()
     graphs = open_build(engine, "int8")
@@ -125,9 +125,9 @@ def test_the_optimised_fp32_build_agrees_with_pytorch_on_the_test_set(built):
     from edge_model.data import load_dataset
     from edge_model.inputs import make_inputs
     from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.build import open_build
-    from edge_runtime.check import run_chain
-    from edge_runtime.engine_dir import EngineDir
+    from edge_runtime.tools.build import open_build
+    from edge_runtime.tools.check import run_chain
+    from edge_runtime.core.engine_dir import EngineDir
     ckpt, engines, _ = built
     model, config = load_checkpoint(ckpt)
     test = make_inputs(load_dataset("digits"), "test", config["task"]["preprocess"])
@@ -147,7 +147,7 @@ def test_optimisation_falls_back_to_basic_when_extended_is_not_portable(tmp_path
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from edge_runtime.build import optimize_segment
+    from edge_runtime.tools.build import optimize_segment
     weights = [numpy_helper.from_array(np.ones((4, 4), np.float32), "w"),
                numpy_helper.from_array(np.array(0.5, np.float32), "s")]
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Mul", ["m", "s"], ["y"])]

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from edge_runtime.errors import Exit
+from edge_runtime.core.errors import Exit
 
 
 def assert_user_error(result, code: Exit, *words):
@@ -89,7 +89,7 @@ def test_fetch_other_dataset():
 
 
 def test_traceback_flag_reraises(tmp_path):
-    from edge_runtime.errors import EdgeError
+    from edge_runtime.core.errors import EdgeError
     with pytest.raises(EdgeError):
         run_cli("--traceback", "eval", "--checkpoint", tmp_path)
 

@@ -2,7 +2,7 @@
 import json
 
 from conftest import run_cli
-from edge_runtime.errors import Exit
+from edge_runtime.core.errors import Exit
 
 
 def test_fit_and_eval_controller(digits_copy):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from edge_model.data import SPLITS, load_dataset
-from edge_runtime.datasets import FMNIST_FILES, FMNIST_VAL
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.io.datasets import FMNIST_FILES, FMNIST_VAL
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 def test_digits_splits_are_deterministic_disjoint_and_sized():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli, run_infer
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 def assert_refused(result, code: Exit, *words):
@@ -71,8 +71,8 @@ def test_every_variant_agrees_with_pytorch(exported):
 
     from edge_model.checkpoint import load_checkpoint
     from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.check import run_chain
-    from edge_runtime.engine_dir import EngineDir
+    from edge_runtime.tools.check import run_chain
+    from edge_runtime.core.engine_dir import EngineDir
     ckpt, engines = exported
     engine = EngineDir.open(engines)
     ref = engine.reference()
@@ -92,7 +92,7 @@ def test_segment_0_computes_the_fitted_features(exported):
     from edge_model.controller.fit import load_tables
     from edge_model.controller.predictor import table_features
     from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.engine_dir import EngineDir
+    from edge_runtime.core.engine_dir import EngineDir
     ckpt, engines = exported
     engine = EngineDir.open(engines)
     ref = engine.reference()
@@ -169,7 +169,7 @@ def test_not_an_engine_directory(tmp_path):
 def test_backend_checks_its_use_and_its_inputs(exported):
     from edge_runtime.backends.base import BackendStateError
     from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.engine_dir import EngineDir
+    from edge_runtime.core.engine_dir import EngineDir
     engine = EngineDir.open(exported[1])
     backend = OrtBackend(engine.graphs(), intra_op_num_threads=1)
     x = np.zeros((2, 1, 8, 8), np.float32)
@@ -199,7 +199,7 @@ def test_providers_are_checked_before_and_after(exported, monkeypatch):
     import onnxruntime as ort
 
     from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.engine_dir import EngineDir
+    from edge_runtime.core.engine_dir import EngineDir
     graphs = EngineDir.open(exported[1]).graphs()
     with pytest.raises(EdgeError, match=re.escape("provider 'NoSuchExecutionProvider' | not available")) as err:
         OrtBackend(graphs, providers=["NoSuchExecutionProvider"]).open()

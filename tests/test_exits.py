@@ -7,7 +7,7 @@ import pytest
 
 from conftest import run_cli
 from edge_model.exits import lower_bound_curve, oracle_depths, oracle_report, stable_depths
-from edge_runtime.errors import Exit
+from edge_runtime.core.errors import Exit
 
 # 6 inputs, 3 exits costing 10, 20, 40, 2 classes.
 PREDS = np.array([[0, 0, 0],     # y=0 right everywhere                 l* 0, stable 0

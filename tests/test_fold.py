@@ -9,7 +9,7 @@ import torch
 from edge_model.export import export_segments
 from edge_model.fold import fold_model, fold_report
 from edge_model.presets import create_model
-from edge_runtime.errors import EdgeError
+from edge_runtime.core.errors import EdgeError
 
 TINY_TEXT = dict(depth=2, exits=(1, 2), dim=64, heads=4, mlp_hidden=128, vocab=1000, max_len=16)
 PAD_FROM = 9       # text: row 1 holds 9 real tokens, then padding
@@ -63,7 +63,7 @@ def test_folding_is_exact_and_smaller(arch):
 
 def projection(model, dims: int = 4):
     """A random feature projection of the model's width (the export bakes one into segment 0)."""
-    from edge_runtime.engine_dir import Projection
+    from edge_runtime.core.engine_dir import Projection
     width = model.heads[0].norm.normalized_shape[0]
     rng = np.random.default_rng(0)
     return Projection(rng.normal(size=(width, dims)).astype(np.float32), rng.normal(size=dims).astype(np.float32),
@@ -71,9 +71,9 @@ def projection(model, dims: int = 4):
 
 
 def test_graph_features_equal_the_numpy_definition():
-    """The torch twin of the controller features (edge_model.export) against edge_runtime.features."""
+    """The torch twin of the controller features (edge_model.export) against edge_runtime.core.features."""
     from edge_model.export import ControllerOutputs, confidence
-    from edge_runtime import features
+    from edge_runtime.core import features
     logits = torch.randn(64, 10) * 4
     np.testing.assert_allclose(confidence(logits).numpy(), features.confidence(logits.numpy()), atol=1e-6)
     for arch in ("vit", "text"):

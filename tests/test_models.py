@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edge_model.presets import PRESETS, create_model
-from edge_runtime.errors import EdgeError
+from edge_runtime.core.errors import EdgeError
 
 TINY_TEXT = dict(depth=2, exits=(1, 2), dim=64, heads=4, mlp_hidden=128, vocab=1000, max_positions=64)
 B, T, PAD_FROM = 3, 12, 7      # text: row 1 holds 7 real tokens, then padding

@@ -7,7 +7,7 @@ from edge_model.controller.methods import outcome, run
 from edge_model.controller.policy import (LSTMPolicy, PolicyMethod, PPOConfig, episode_rewards, export_policy_onnx,
                                           gae, table_states, train_policy)
 from edge_model.controller.table import ExitTable
-from edge_runtime.policy import PolicyArrays, policy_state, state_size
+from edge_runtime.core.policy import PolicyArrays, policy_state, state_size
 
 USED = np.array([0.2, 0.5, 1.0])
 CORRECT = np.array([[0.0, 1.0, 1.0]])
@@ -150,7 +150,7 @@ def test_state_without_predictor_zeroes_its_columns():
 
 
 def test_corrupt_policy_file_is_one_line(tmp_path):
-    from edge_runtime.errors import EdgeError, Exit
+    from edge_runtime.core.errors import EdgeError, Exit
     (tmp_path / "p.npz").write_bytes(b"not a zip")
     with pytest.raises(EdgeError) as err:
         PolicyArrays.load(tmp_path / "p.npz")

@@ -9,7 +9,7 @@ from edge_model.controller.predictor import (Predictor, feature_names, fit_predi
                                              microseconds_per_sample, predictor_report, table_features,
                                              table_labels)
 from edge_model.controller.table import ExitTable
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 E, C, WIDTH, DIMS = 4, 5, 16, 4
 

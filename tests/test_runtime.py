@@ -7,10 +7,10 @@ from edge_model.controller.fit import load_tables
 from edge_model.controller.methods import OneShot, run
 from edge_model.controller.policy import PolicyMethod
 from edge_model.controller.predictor import Predictor
-from edge_runtime.controller import Mode
-from edge_runtime.datasets import image_split
-from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.policy import ARRAYS, PolicyArrays
+from edge_runtime.core.controller import Mode
+from edge_runtime.io.datasets import image_split
+from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.policy import ARRAYS, PolicyArrays
 from edge_runtime.runtime import Runtime
 
 
@@ -126,7 +126,7 @@ def test_wrong_engine_dir_is_one_clear_error(tmp_path):
 
 
 def test_compiled_trees_equal_onnx_runtime(rt, exported):
-    """edge_runtime.predictor walks predictor.onnx's trees as ONNX Runtime does."""
+    """edge_runtime.core.predictor walks predictor.onnx's trees as ONNX Runtime does."""
     import onnxruntime as ort
     path = exported[1] / "predictor.onnx"
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

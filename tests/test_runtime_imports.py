@@ -24,7 +24,7 @@ CHECK = BLOCK_TORCH + textwrap.dedent("""
     for name in names:
         importlib.import_module(name)
 
-    from edge_runtime import cli
+    from edge_runtime.tools import cli
 
     def run(argv):
         buf = io.StringIO()

@@ -7,10 +7,10 @@ import cv2
 import pytest
 
 from conftest import assert_one_line_error, run_infer
-from edge_runtime.datasets import image_split
-from edge_runtime.errors import Exit
-from edge_runtime.sources import SourceOptions, camera_index, open_source
-from edge_runtime.stream import DeadlineBudget, Reservoir
+from edge_runtime.io.datasets import image_split
+from edge_runtime.core.errors import Exit
+from edge_runtime.io.sources import SourceOptions, camera_index, open_source
+from edge_runtime.tools.stream import DeadlineBudget, Reservoir
 
 
 def run_ok(*args):
@@ -160,7 +160,7 @@ def test_deadline_without_bench_is_one_line(exported):
 
 def test_text_inputs_are_tokenised_to_the_static_length(tmp_path):
     from edge_model.models.text import minilm_dir
-    from edge_runtime.preprocess import TextPreprocess
+    from edge_runtime.core.preprocess import TextPreprocess
     pre = TextPreprocess({"kind": "text", "max_len": 16, "pad_id": 0}, minilm_dir() / "tokenizer.json")
     feed = pre.batch(["a short one", "a much longer sentence " * 10])
     assert feed["input_ids"].shape == feed["attention_mask"].shape == (2, 16)

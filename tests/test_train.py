@@ -13,7 +13,7 @@ from conftest import run_cli
 from edge_model.checkpoint import load_checkpoint, param_digest
 from edge_model.presets import create_model
 from edge_model.train import config_from, multi_exit_loss, shallow_weights, train
-from edge_runtime.errors import Exit
+from edge_runtime.core.errors import Exit
 
 
 def test_checkpoint_loads_with_its_digest(digits_ckpt):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from edge_model.controller.methods import Boundary
 from edge_model.controller.table import ExitTable
-from edge_runtime.policy import PolicyArrays, policy_state, state_size
+from edge_runtime.core.policy import PolicyArrays, policy_state, state_size
 
 
 @dataclass

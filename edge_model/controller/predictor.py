@@ -1,6 +1,6 @@
 """Level 1 of the controller: a LightGBM complexity predictor, exported to ONNX for the device.
 
-Input: the controller features (edge_runtime.features): input statistics, the first exit's confidence
+Input: the controller features (edge_runtime.core.features): input statistics, the first exit's confidence
 and its pooled vector projected on P PCA directions of the training split. Label: the stable depth
 (edge_model.exits.stable_depths). Output: proba (N, E), a distribution over the exit each input needs,
 in exit order; PredictorOnly and OneShot (methods.py) read it.
@@ -19,8 +19,8 @@ import numpy as np
 from edge_model.checkpoint import write_json
 from edge_model.controller.table import ExitTable
 from edge_model.exits import stable_depths
-from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.features import CONFIDENCE, INPUT_STATS, controller_features
+from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.features import CONFIDENCE, INPUT_STATS, controller_features
 
 # Small on purpose: a few thousand rows and ~14 features; fitting takes well under a second per split.
 PARAMS = {
@@ -286,7 +286,7 @@ def microseconds_per_sample(path, features: np.ndarray, batch: int = 1, repeats:
 
 def feature_microseconds(table: ExitTable, projection: np.ndarray, repeats: int = 200) -> dict:
     """numpy cost of the feature groups computable from the cache, one sample at a time."""
-    from edge_runtime.features import confidence
+    from edge_runtime.core.features import confidence
     logits, pooled = table.logits[:1, 0], table.first_pooled[:1]
     return {"confidence": _median_us(lambda: confidence(logits), repeats),
             "projected": _median_us(lambda: pooled @ projection, repeats)}

@@ -9,7 +9,7 @@ from functools import cached_property
 
 import numpy as np
 
-from edge_runtime.features import confidence
+from edge_runtime.core.features import confidence
 
 
 @dataclass

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.datasets import split_indices  # noqa: F401  (one split rule, shared with the device)
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.io.datasets import split_indices  # noqa: F401  (one split rule, shared with the device)
+from edge_runtime.core.errors import EdgeError, Exit
 
 SPLITS = ("train", "val", "test")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_model.data import Dataset, Split, split_indices, take
-from edge_runtime import datasets
-from edge_runtime.datasets import FMNIST_FILES, FMNIST_LABELS, FMNIST_SYSTEM_DIR, cache_dir, find_idx
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.io import datasets
+from edge_runtime.io.datasets import FMNIST_FILES, FMNIST_LABELS, FMNIST_SYSTEM_DIR, cache_dir, find_idx
+from edge_runtime.core.errors import EdgeError, Exit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 

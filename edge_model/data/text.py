@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_model.data import Dataset, Split, split_indices, take
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 TWEET_LABELS = ["negative", "neutral", "positive"]
 BINARY_MIN_CONFIDENCE = 0.7   # the cut for the binary split: confident annotations only

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from edge_model.models.layers import BLOCKS, ExitHead
-from edge_runtime.errors import EdgeError
+from edge_runtime.core.errors import EdgeError
 
 
 def check_exits(exits, depth: int) -> tuple:

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from edge_model.models.adaptive import AdaptiveBackbone
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from edge_model.models.adaptive import AdaptiveBackbone
-from edge_runtime.errors import EdgeError
+from edge_runtime.core.errors import EdgeError
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Backends by name, imported only when chosen (Polygraphy's lazy imports): `--backend trt` without
 TensorRT fails alone, in one line, and the rest of edge-infer works.
 
-A backend runs the graphs of an engine directory (edge_runtime.engine_dir.GraphSpec) behind the one
+A backend runs the graphs of an engine directory (edge_runtime.core.engine_dir.GraphSpec) behind the one
 interface of backends/base.py. Only ONNX Runtime exists so far; TensorRT and torch-CUDA join this table.
 """
 import argparse
@@ -9,7 +9,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 class BackendStateError(RuntimeError):
@@ -69,7 +69,7 @@ class Backend(ABC):
 
     def __init__(self, graphs: dict):
         """Args:
-            graphs: {graph name: GraphSpec} (edge_runtime.engine_dir), e.g. EngineDir.graphs().
+            graphs: {graph name: GraphSpec} (edge_runtime.core.engine_dir), e.g. EngineDir.graphs().
         """
         self.graphs = dict(graphs)
         self.is_open = False

@@ -6,7 +6,7 @@ made, and in the session's get_providers() after. Either miss is one line, never
 """
 from edge_runtime.backends import lazy_import
 from edge_runtime.backends.base import Backend
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 def check_providers(ort, providers) -> list:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 SPLITS = ("train", "val", "test")
 FMNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

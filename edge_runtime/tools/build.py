@@ -6,7 +6,7 @@
                                providers lack): then ORT_ENABLE_BASIC, and the build records why.
   int8   segment_K.int8.onnx   static quantisation in QDQ format (onnxruntime.quantization.quantize_static):
                                per-channel int8 weights; activations calibrated on the samples of
-                               calibration/NAME.txt (edge_runtime.calibration), segment k on segment k-1's
+                               calibration/NAME.txt (edge_runtime.core.calibration), segment k on segment k-1's
                                fp32 outputs, as the chain will feed it; MinMax, Entropy or Percentile ranges,
                                cached beside the list.
 
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.backends import BackendOptions, lazy_import, resolve
-from edge_runtime.calibration import DEFAULT_DIR, METHODS, ChainReader, cache_path, read_calibration
-from edge_runtime.check import run_chain
-from edge_runtime.engine_dir import EngineDir, GraphSpec, sha256_file, verified_file
-from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.manifest import MANIFEST, file_ref, need, read_manifest, write_manifest
+from edge_runtime.core.calibration import DEFAULT_DIR, METHODS, ChainReader, cache_path, read_calibration
+from edge_runtime.tools.check import run_chain
+from edge_runtime.core.engine_dir import EngineDir, GraphSpec, sha256_file, verified_file
+from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.manifest import MANIFEST, file_ref, need, read_manifest, write_manifest
 
 PRECISIONS = {"fp32": "opt", "int8": "int8"}   # precision -> the infix of its files: segment_K.<infix>.onnx
 OPT_LEVELS = ("extended", "basic")

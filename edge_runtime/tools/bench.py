@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.controller import Mode
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.controller import Mode
+from edge_runtime.core.errors import EdgeError, Exit
 
 CURVE_LAMBDAS = np.geomspace(0.001, 3.0, 9)
 BLOCK = 50
@@ -63,7 +63,7 @@ class BenchOptions:
 
 def load_inputs(rt, options: BenchOptions) -> tuple:
     """(feed of every input, labels or None): `iterations` inputs from the source, preprocessed."""
-    from edge_runtime.sources import SourceOptions, open_source
+    from edge_runtime.io.sources import SourceOptions, open_source
     uri = options.input or f"dataset://{rt.engine.task['dataset']}/test"
     source = open_source(uri, SourceOptions(loop=-1), text=rt.text)
     raw, labels = [], []
@@ -173,7 +173,7 @@ def bench(rt, options: BenchOptions, say=print) -> dict:
 
 def store(rt, result: dict) -> None:
     """Per-variant median latency and the budget curve into the manifest (what --deadline-ms reads)."""
-    from edge_runtime.manifest import read_manifest, write_manifest
+    from edge_runtime.core.manifest import read_manifest, write_manifest
     m = read_manifest(rt.engine.root)
     med = {v["depth"]: v["median"] for v in result["variants"]}
     for v in m["variants"]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 STAGES = ("capture", "preprocess", "segments", "controller", "postprocess")
 RESERVOIR = 4096
@@ -175,7 +175,7 @@ def record_for(frame, result, ms: dict, sample, lam) -> dict:
 
 def run_stream(runtime, source, sinks: list, options: StreamOptions, telemetry=None, say=print) -> dict:
     """Drive `source` through `runtime` into `sinks`; returns the summary (see StreamStats.summary)."""
-    from edge_runtime.controller import Mode
+    from edge_runtime.core.controller import Mode
     full_flops = int(runtime.chain_flops[-1])
     stats = StreamStats(runtime.depths, full_flops)
     rng = np.random.default_rng(options.seed)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 ARRAYS = ("w_ih", "w_hh", "b_ih", "b_hh", "w_actor", "b_actor", "w_critic", "b_critic")
 

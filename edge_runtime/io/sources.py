@@ -1,6 +1,6 @@
 """Input streams in jetson-inference's URI style. `open_source(uri, options)` -> a Source of Frames.
 
-  dataset://NAME/SPLIT[?limit=N]   a dataset split (edge_runtime.datasets), labels known: the embedded default
+  dataset://NAME/SPLIT[?limit=N]   a dataset split (edge_runtime.io.datasets), labels known: the embedded default
   csi://N                          a MIPI CSI camera through GStreamer's nvarguscamerasrc (OpenCV with GStreamer)
   /dev/videoN, v4l2://N, cameraN   a V4L2 camera (cameraN is an alias of /dev/videoN; the resolved URI is printed)
   rtsp://... , http(s)://...       a network stream
@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264", ".264")
@@ -115,7 +115,7 @@ class Source(ABC):
         o = self.options
         if self.kind == "text" or not (o.width or o.height) or self.live:
             return data
-        from edge_runtime.preprocess import resize_area
+        from edge_runtime.core.preprocess import resize_area
         h, w = data.shape[:2]
         img = data[:, :, None] if data.ndim == 2 else data
         out = resize_area(img.astype(np.float32), o.height or h, o.width or w)
@@ -128,7 +128,7 @@ class Source(ABC):
 
 class DatasetSource(Source):
     def __init__(self, name: str, split: str, limit: int, options: SourceOptions):
-        from edge_runtime.datasets import image_split
+        from edge_runtime.io.datasets import image_split
         super().__init__(options)
         self.x, self.y, self.labels = image_split(name, split)
         if limit:

@@ -4,13 +4,13 @@ import os
 import sys
 
 from edge_runtime import __version__
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 def cmd_check(args) -> int:
     from edge_runtime.backends import BackendOptions
-    from edge_runtime.check import HEADER, CheckOptions, check_engines, result_line, write_report
-    from edge_runtime.engine_dir import EngineDir
+    from edge_runtime.tools.check import HEADER, CheckOptions, check_engines, result_line, write_report
+    from edge_runtime.core.engine_dir import EngineDir
     options, backend = CheckOptions.from_args(args), BackendOptions.from_args(args)
     engine = EngineDir.open(args.engine_dir)
     print(f"check {engine.name} ({args.engine_dir}): {len(engine.variants)} variants against PyTorch on the "
@@ -34,7 +34,7 @@ def cmd_check(args) -> int:
 
 def cmd_build(args) -> int:
     from edge_runtime.backends import BackendOptions
-    from edge_runtime.build import BuildOptions, build_engines, build_summary
+    from edge_runtime.tools.build import BuildOptions, build_engines, build_summary
     options, backend = BuildOptions.from_args(args), BackendOptions.from_args(args)
     print(f"build {args.engine_dir}: onnxruntime {options.precision}, scored against the exported segments, "
           f"tolerance {options.tolerance:g} points", flush=True)
@@ -44,7 +44,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from edge_runtime.engine_dir import EngineDir, describe
+    from edge_runtime.core.engine_dir import EngineDir, describe
     # the build stamp is reported, not enforced: info is how one finds out why check refuses
     print(describe(EngineDir.open(args.engine_dir, check_build=False)))
     return Exit.OK
@@ -62,10 +62,10 @@ def cmd_run(args) -> int:
     import logging
     from pathlib import Path
 
-    from edge_runtime.sinks import JsonLines, open_output
-    from edge_runtime.sources import SourceOptions, open_source
-    from edge_runtime.stream import StreamOptions, run_stream, summary_text
-    from edge_runtime.telemetry import Telemetry
+    from edge_runtime.io.sinks import JsonLines, open_output
+    from edge_runtime.io.sources import SourceOptions, open_source
+    from edge_runtime.tools.stream import StreamOptions, run_stream, summary_text
+    from edge_runtime.io.telemetry import Telemetry
     logging.basicConfig(level=args.log_level.upper(), format="edge-infer: %(message)s")
     log = logging.getLogger("edge-infer")
     if not 0.0 <= args.shadow <= 1.0:
@@ -112,7 +112,7 @@ def cmd_run(args) -> int:
                    telemetry=telemetry.describe() if telemetry else "off")
     print(summary_text(summary))
     if args.summary:
-        from edge_runtime.report import write_json_md
+        from edge_runtime.io.report import write_json_md
         write_json_md(Path(args.summary), summary, "edge-infer run", summary_text(summary))
     if args.print_json:
         print(json.dumps(summary))
@@ -122,8 +122,8 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from pathlib import Path
 
-    from edge_runtime.bench import BenchOptions, bench, markdown, store
-    from edge_runtime.report import write_json_md
+    from edge_runtime.tools.bench import BenchOptions, bench, markdown, store
+    from edge_runtime.io.report import write_json_md
     options = BenchOptions.from_args(args)
     with open_runtime(args) as rt:
         print(f"bench {rt.engine.name}: {rt.graphs_label} on {rt.backend.name}, "
@@ -140,7 +140,7 @@ def cmd_bench(args) -> int:
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     from edge_runtime.backends import BackendOptions
-    from edge_runtime.controller import MODES
+    from edge_runtime.core.controller import MODES
     p.add_argument("--engine-dir", required=True, metavar="DIR")
     g = p.add_argument_group("controller")
     g.add_argument("--mode", default="progressive", help=f"{', '.join(MODES)} (default progressive)")
@@ -153,8 +153,8 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.backends import BackendOptions
-    from edge_runtime.build import BuildOptions
-    from edge_runtime.check import CheckOptions
+    from edge_runtime.tools.build import BuildOptions
+    from edge_runtime.tools.check import CheckOptions
     p = argparse.ArgumentParser(prog="edge-infer", description="Adaptive-depth inference on the device.")
     p.add_argument("--version", action="version", version=f"edge-infer {__version__}")
     p.add_argument("--traceback", action="store_true", help="show the full traceback of a user error")
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
     bn = sub.add_parser("bench", help="latency per variant, adaptive vs full, controller overhead, throughput")
     add_runtime_args(bn)
-    from edge_runtime.bench import BenchOptions
+    from edge_runtime.tools.bench import BenchOptions
     BenchOptions.add_args(bn)
     bn.set_defaults(func=cmd_bench)
     i = sub.add_parser("info", help="manifest summary, provenance, variants, and whether the build fits here")

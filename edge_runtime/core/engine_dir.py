@@ -1,7 +1,7 @@
 """An engine directory, opened and verified: `EngineDir.open("engines/digits")`.
 
 Opening refuses, in one EdgeError line naming the file and the reason, anything that does not match:
-  - the manifest's schema name and version, and its structure (edge_runtime.manifest);
+  - the manifest's schema name and version, and its structure (edge_runtime.core.manifest);
   - a path that is absolute, holds '..' or resolves outside the directory;
   - a listed file that is missing, or whose sha256 differs from the manifest's;
   - a build stamp this machine cannot honour: the backend (or its package) is not here, the precision is
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime import backends
-from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.manifest import MANIFEST, confined, file_refs, read_manifest
+from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.manifest import MANIFEST, confined, file_refs, read_manifest
 
 
 def sha256_file(path: Path) -> str:
@@ -214,7 +214,7 @@ class EngineDir:
             raise EdgeError(f"{path.name} | not a reference batch ({err})", Exit.CORRUPT) from None
 
     def policy_arrays(self):
-        from edge_runtime.policy import PolicyArrays
+        from edge_runtime.core.policy import PolicyArrays
         return PolicyArrays.load(self.file(self.controller["policy_arrays"]["file"]))
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 FORMAT = "# edge-calibration 1"
 METHODS = ("minmax", "entropy", "percentile")
@@ -90,7 +90,7 @@ class CalibrationSet:
         """{calib: {name: array}, val: {name: array}, val_labels, val_torch_pred}, checked against `inputs`
         (segment 0's I/O spec) and the list's hash and counts."""
         from edge_runtime.backends.base import check_feed
-        from edge_runtime.engine_dir import GraphSpec, sha256_file
+        from edge_runtime.core.engine_dir import GraphSpec, sha256_file
         path = self.data_path
         if not path.is_file():
             raise EdgeError(f"{path} | missing (named by {self.path.name}; write both with: edge-model "

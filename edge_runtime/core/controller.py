@@ -1,8 +1,8 @@
 """The two-level controller on the device: what decides, at each exit boundary, which rows stop.
 
-Level 1 runs once, after segment 0: its graph outputs the features (edge_runtime.features, the definition
+Level 1 runs once, after segment 0: its graph outputs the features (edge_runtime.core.features, the definition
 the workstation fitted on, computed in the graph) and the LightGBM predictor (predictor.onnx) turns them
-into a distribution over the exit each input needs (edge_runtime.predictor walks its trees).
+into a distribution over the exit each input needs (edge_runtime.core.predictor walks its trees).
 Level 2 is the LSTM policy's numpy step (policy.npz) at every boundary, fed by the same `policy_state`
 PPO trained on. Modes:
   progressive   the policy at every boundary (the paper's controller)
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.policy import _boundary, _start
-from edge_runtime.predictor import TreeEnsemble, _forest
+from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.policy import _boundary, _start
+from edge_runtime.core.predictor import TreeEnsemble, _forest
 
 MODES = ("progressive", "oneshot", "fixed:D", "full")
 

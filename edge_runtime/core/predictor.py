@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 MODES = ("BRANCH_LEQ", "BRANCH_LT", "LEAF")
 LEAF = -1.0

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.backends import BackendOptions
-from edge_runtime.engine_dir import EngineDir
-from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.features import confidence
+from edge_runtime.core.engine_dir import EngineDir
+from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.features import confidence
 
 STATS = ("max", "mean", "median", "p99")
 

@@ -29,7 +29,7 @@ import json
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 SCHEMA = "edge-engines"
 SCHEMA_VERSION = 2   # 2: controller.costs and controller.operating_points

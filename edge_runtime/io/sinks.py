@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
-from edge_runtime.sources import VIDEO_SUFFIXES, need_cv2
+from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.io.sources import VIDEO_SUFFIXES, need_cv2
 
 FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG"}
 MIN_SIDE = 240     # small dataset frames are scaled up so the overlay can be read

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from edge_runtime.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit
 
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)   # OpenCV frames are BGR
 
