@@ -15,7 +15,7 @@ The dynamo exporter builds opset 18 and converts down with the onnx C API. When 
 warning and keeps opset 18, and some conversions give nodes opset 17 does not allow (Split with
 num_outputs). edge_model.fold writes its modules around both (slices, sum / T instead of mean); every
 file is still loaded with onnx.checker, its opset compared, and run with ONNX Runtime. Files are saved
-without value_info (edge_runtime.tools.build.drop_value_info: less activation memory per segment run).
+without value_info (edge_runtime.core.onnx_files.drop_value_info: less activation memory per segment run).
 """
 import hashlib
 import math
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from edge_model.models.text import AdaptiveTextEncoder
-from edge_runtime.tools.build import drop_value_info
+from edge_runtime.core.onnx_files import drop_value_info
 from edge_runtime.core.errors import EdgeError
 
 OPSET = 17   # TensorRT 8.5 (JetPack 5 on Xavier) parses up to opset 17

@@ -1,27 +1,37 @@
-"""The runtime API: open an engine directory, infer at the depth the controller picks.
+"""The runtime API and its scheduler: open an engine directory, infer at the depth the controller picks.
 
     with Runtime.open("engines/fmnist-vit") as rt:       # mode="progressive", budget: the validated lambda
         r = rt.infer(image)                                # Result(label, score, depth, flops, timings, ...)
         rs = rt.infer_batch(images, budget=0.05)           # lambda per call
-        rt.stats()
+        out = rt.run(feed)                                 # the lower-level call on a preprocessed feed
+        rt.stats()                                         # what `edge-infer run` prints
 
-Batched early exit (`run`): segment k runs on the rows still active; the rows whose controller says stop
-leave the batch with their exit's logits, the rest go on to segment k + 1. Each row's decision reads only
-its own outputs and state, so a batch decides exactly as its inputs would alone (tests/test_runtime.py).
+The scheduler (this module) owns the modes, the budget (edge_runtime.core.budget), the controller calls,
+batch compaction and the statistics; an executor (edge_runtime.backends) owns the graphs and where the
+activations live, and hands back only what the controller reads. Per mode:
+  progressive  segment by segment: after segment k the rows whose policy says stop leave the batch with
+               that exit's logits, the executor keeps the rest (batched early exit) for segment k + 1;
+  oneshot      segment 0, the predictor fixes each row's exit, then one chain call per exit chosen;
+  fixed, full  one chain call, segments 0..D.
+Each row's decision reads only its own outputs and state, so a batch decides exactly as its inputs would
+alone (tests/test_runtime.py).
 """
+import argparse
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_runtime.backends import BackendOptions
-from edge_runtime.core.controller import Controller, Mode, check_budget
+from edge_runtime import backends
+from edge_runtime.core.budget import Budget, Curve, Spend
+from edge_runtime.core.controller import MODES, Controller, Mode
 from edge_runtime.core.engine_dir import EngineDir
 from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.features import softmax
 from edge_runtime.core.preprocess import make_preprocess
+from edge_runtime.core.stats import Stats
 
-STAGES = ("preprocess", "segments", "controller", "postprocess")
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
@@ -34,6 +44,7 @@ class Result:
     flops: int                 # what ran: the segments of the chain (their exit heads included)
     timings: dict = field(default_factory=dict)   # ms per stage, of the call (shared by a batch's rows)
     logits: np.ndarray = None  # (classes,) the answering exit's logits
+    lam: float = None          # the budget the call spent at (None in fixed and full modes)
 
     def as_dict(self) -> dict:
         return {"label": self.label, "index": self.index, "score": round(self.score, 6), "depth": self.depth,
@@ -47,73 +58,100 @@ class BatchOutput:
     logits: np.ndarray         # (N, classes)
     exit_index: np.ndarray     # (N,)
     seconds: dict              # stage -> seconds for the whole batch (segments, controller)
+    lam: float = None          # the lambda it ran at; None in fixed and full modes
 
 
-def graphs_for(engine: EngineDir, precision: str):
-    """The graphs to run: a build of `precision` (fp32: the optimised build when there is one, else the
-    exported segments; int8: the int8 build)."""
-    from edge_runtime.tools.build import open_build
-    built = {b.get("precision") for b in engine.manifest.get("builds", [])}
-    if precision == "fp32" and "fp32" not in built:
-        return engine.graphs(), "exported fp32 segments"
-    if precision not in ("fp32", "int8"):
-        raise EdgeError(f"precision '{precision}' | expected fp32 or int8", Exit.BAD_INPUT)
-    return open_build(engine, precision), f"{precision} build"
+@dataclass
+class RuntimeOptions:
+    """How graphs run, spelled once for every subcommand that runs them (run, bench, check, build)."""
+    backend: str = "auto"          # "auto": the backend the engine directory was exported for
+    precision: str = "fp32"        # fp32 (the optimised build when there is one) or int8
+    threads: int = 1               # intra-op threads; 0 = the backend's own default (ORT: one per core)
+    providers: tuple = ()          # ONNX Runtime execution providers; () = CPU
 
+    @staticmethod
+    def add_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
+        g = p.add_argument_group("runtime")
+        g.add_argument("--backend", default="auto",
+                       help=f"auto (what the engines were exported for) or one of: {', '.join(backends.BACKENDS)}")
+        if precision:
+            g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                           help="fp32 (the optimised build when there is one) or int8 (needs edge-infer build)")
+        g.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="intra-op threads per graph (default 1: predictable latency; 0: the backend's default)")
+        g.add_argument("--providers", default="", metavar="LIST",
+                       help="ONNX Runtime execution providers, comma-separated (default: CPUExecutionProvider)")
 
-def check_finite(feed: dict) -> None:
-    for name, x in feed.items():
-        if not isinstance(x, np.ndarray):
-            raise EdgeError(f"input '{name}' | a {type(x).__name__}, expected a numpy array", Exit.BAD_INPUT)
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise EdgeError(f"input '{name}' | holds NaN or infinite values", Exit.BAD_INPUT)
+    @classmethod
+    def from_args(cls, ns) -> "RuntimeOptions":
+        if ns.threads < 0:
+            raise EdgeError(f"--threads {ns.threads} | must be 0 (the backend's default) or more", Exit.BAD_INPUT)
+        providers = tuple(p.strip() for p in ns.providers.split(",") if p.strip())
+        return cls(ns.backend, getattr(ns, "precision", "fp32"), ns.threads, providers)
+
+    def backend_for(self, engine: EngineDir) -> str:
+        return backends.resolve(engine.export_stamp["backend"] if self.backend == "auto" else self.backend)
+
+    def executor(self, engine: EngineDir, precision: str = None):
+        """(closed Executor, Build) over this option's build of `engine`; the build's stamp is checked."""
+        name = self.backend_for(engine)
+        built = engine.build(name, precision or self.precision)
+        return backends.create(name, built.graphs, self.threads, self.providers), built
 
 
 class Runtime:
     """Adaptive-depth inference over one engine directory. Use `Runtime.open(...)`."""
 
-    def __init__(self, engine: EngineDir, backend, controller: Controller, mode: Mode, budget: float,
-                 graphs_label: str):
-        self.engine, self.backend, self.controller = engine, backend, controller
-        self.mode, self.budget, self.graphs_label = mode, budget, graphs_label   # budget None: per mode
+    def __init__(self, engine: EngineDir, executor, built, controller: Controller, mode: Mode, spend: Spend,
+                 options: RuntimeOptions):
+        self.engine, self.executor, self.built, self.controller = engine, executor, built, controller
+        self.mode, self.spend, self.options = mode, spend, options
         self.preprocess = make_preprocess(engine)
         self.labels = list(engine.task["labels"])
         self.depths = [v["depth"] for v in engine.variants]
         self.chain_flops = np.cumsum([s["flops"] for s in engine.segments], dtype=np.int64)
         self.text = engine.task["kind"] == "text"
-        self._stats = RunStats(len(self.depths))
+        self.full = Mode("fixed", len(self.depths) - 1)
+        self.statistics = Stats(self.depths, self.chain_flops)
+        measured = engine.bench_for(built.backend, built.precision, options.threads)
+        if measured:
+            self.statistics.full_ms_stored = measured["variant_ms"].get(str(self.depths[-1]))
 
     @classmethod
-    def open(cls, engine_dir, backend: str = "auto", mode: str = "progressive", budget=None,
-             precision: str = "fp32", threads: int = 1, providers=()) -> "Runtime":
+    def open(cls, engine_dir, mode: str = "progressive", budget=None, options: RuntimeOptions = None,
+             deadline_ms: float = None, **runtime_options) -> "Runtime":
         """Open and verify `engine_dir`, load its graphs and controller.
 
         Args:
             engine_dir: an engine directory (edge-model export).
-            backend: auto (what the engines were built for) or a backend name (edge_runtime.backends).
             mode: progressive, oneshot, fixed:D or full.
-            budget: lambda, the price of compute; None: the one chosen on validation for this mode.
-            precision: fp32 (optimised build if present, else the exported segments) or int8.
-            threads: intra-op threads per graph (1: the embedded default, predictable latency).
-            providers: ONNX Runtime execution providers; () = CPU.
+            budget: lambda (>= 0), the price of compute, or a Budget; None: the one chosen on validation for
+                the mode.
+            options: a RuntimeOptions (backend, precision, threads, providers); or give those as keywords.
+            deadline_ms: pick lambda per call so that the latency bench measured fits (instead of `budget`).
         """
+        options = options or RuntimeOptions(**runtime_options)
+        spend_on = Budget.of(budget, deadline_ms)
         engine = EngineDir.open(engine_dir)
-        graphs, label = graphs_for(engine, precision)
         the_mode = Mode.parse(mode, [v["depth"] for v in engine.variants])
-        be = BackendOptions(backend, tuple(providers), threads).create(graphs, engine.build["backend"]).open()
+        executor, built = options.executor(engine)
+        measured = engine.bench_for(built.backend, built.precision, options.threads) or {}
+        curves = {m: Curve(points) for m, points in measured.get("curves", {}).items()}
+        spend = Spend(spend_on, engine.controller["operating_points"], curves,
+                      f"{built.backend} {built.precision}, {options.threads} thread(s)")
+        executor.open()
         try:
             controller = Controller(engine)
             controller.warm_up(len(engine.task["labels"]))
-            lam = None if budget is None else check_budget(budget)
+            return cls(engine, executor, built, controller, the_mode, spend, options)
         except BaseException:
-            be.close()
+            executor.close()
             raise
-        return cls(engine, be, controller, the_mode, lam, label)
 
     # --- context manager
     def close(self) -> None:
-        if self.backend.is_open:
-            self.backend.close()
+        if self.executor.is_open:
+            self.executor.close()
 
     def __enter__(self) -> "Runtime":
         return self
@@ -121,100 +159,132 @@ class Runtime:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def budget_for(self, mode: Mode) -> float:
-        """The lambda a call without `budget` uses: the one given at open, else the mode's validated one."""
-        return self.budget if self.budget is not None else self.controller.default_budget(mode)
+    def describe(self) -> str:
+        """One line for headers: mode, budget, build, executor."""
+        lam = self.spend.lam(self.mode) if self.spend.budget.deadline_ms is None else None
+        budget = (f", lambda {lam:.4g}" if lam is not None else
+                  f", {self.spend.budget.describe()}" if self.mode.name != "fixed" else "")
+        return f"{self.mode} mode{budget}, {self.built.label} on {self.executor.describe()}"
+
+    def parse_mode(self, mode) -> Mode:
+        return self.mode if mode is None else mode if isinstance(mode, Mode) else Mode.parse(mode, self.depths)
 
     # --- inference
-    def run(self, feed: dict, budget=None, mode=None) -> BatchOutput:
-        """Batched early exit on a preprocessed feed (segment 0's inputs)."""
-        the_mode = self.mode if mode is None else mode if isinstance(mode, Mode) else Mode.parse(mode, self.depths)
-        lam = self.budget_for(the_mode) if budget is None else check_budget(budget)
-        check_finite(feed)
-        first = next(iter(feed.values()))
-        n = len(first)
-        lams = np.full(n, lam, np.float32)
-        mask = feed.get("attention_mask")
-        logits_out, exit_out = None, np.full(n, -1, np.int64)
-        rows, seg_feed = np.arange(n), feed
-        t_seg = t_ctrl = 0.0
-        decision = None
-        for k in range(len(self.depths)):
+    def run(self, feed: dict, budget=None, mode=None, spent_ms: float = 0.0, check: bool = True) -> BatchOutput:
+        """Adaptive inference on a preprocessed feed (segment 0's inputs, checked against the manifest).
+
+        Args:
+            feed: {input name: (N, ...) array}.
+            budget: lambda for this call; None: the runtime's budget (spent_ms: what a deadline already lost).
+            mode: a mode for this call; None: the runtime's.
+            check: False for feeds `preprocess` made (checked there).
+        """
+        the_mode = self.parse_mode(mode)
+        lam = self.spend.lam(the_mode, spent_ms) if budget is None or the_mode.name == "fixed" else \
+            Budget.of(budget).lam
+        ex = self.executor
+        handle = ex.start(feed, check)
+        n = len(next(iter(feed.values())))
+        t0 = time.perf_counter()
+        if the_mode.name == "fixed":
+            host = ex.chain(0, the_mode.exit_index, handle)
+            return BatchOutput(host["logits"], np.full(n, the_mode.exit_index, np.int64),
+                               {"segments": time.perf_counter() - t0, "controller": 0.0}, None)
+        handle, host = ex.segment(0, handle)
+        t1 = time.perf_counter()
+        decision = self.controller.start(the_mode, np.full(n, lam, np.float32), host["features"], host["logits"],
+                                         host["conf"])
+        stop = decision.stop(0, host["logits"], host["conf"])
+        t2 = time.perf_counter()
+        t_seg, t_ctrl = t1 - t0, t2 - t1
+        logits = host["logits"]
+        if stop.all():                  # every row leaves at the first exit
+            return BatchOutput(logits, np.zeros(n, np.int64), {"segments": t_seg, "controller": t_ctrl}, lam)
+        logits_out = np.empty((n, logits.shape[1]), np.float32)
+        exit_out = np.zeros(n, np.int64)
+        rows = np.arange(n)
+        if stop.any():
+            logits_out[rows[stop]] = logits[stop]
+            keep = ~stop
+            rows, handle = rows[keep], ex.keep(handle, keep)
+            decision.keep(keep)
+        t3 = time.perf_counter()
+        t_seg += t3 - t2
+        if the_mode.name == "oneshot":
+            self._oneshot(handle, rows, decision.target, logits_out, exit_out)
+            t_seg += time.perf_counter() - t3
+        else:
+            t_seg, t_ctrl = self._progressive(handle, rows, decision, logits_out, exit_out, t_seg, t_ctrl)
+        return BatchOutput(logits_out, exit_out, {"segments": t_seg, "controller": t_ctrl}, lam)
+
+    def _oneshot(self, handle, rows, target, logits_out, exit_out) -> None:
+        """Each row's chain 1..target in one call per distinct target (one call at batch 1)."""
+        ex = self.executor
+        targets = np.unique(target)
+        for d in targets:
+            sub = handle if len(targets) == 1 else ex.keep(handle, target == d)
+            at = rows if len(targets) == 1 else rows[target == d]
+            logits_out[at], exit_out[at] = ex.chain(1, int(d), sub)["logits"], d
+
+    def _progressive(self, handle, rows, decision, logits_out, exit_out, t_seg, t_ctrl) -> tuple:
+        ex = self.executor
+        for k in range(1, len(self.depths)):
             t0 = time.perf_counter()
-            out = self.backend.run_segment(f"segment_{k}", seg_feed, check=k == 0)   # later feeds are ours
+            handle, host = ex.segment(k, handle)
             t1 = time.perf_counter()
-            hidden, logits = out["hidden_out"], out["logits"]
-            if decision is None:
-                decision = self.controller.start(the_mode, lams, out["features"], logits, out["conf"])
-            stop = decision.stop(k, logits, out["conf"])
+            logits = host["logits"]
+            stop = decision.stop(k, logits, host["conf"])
             t2 = time.perf_counter()
             t_seg, t_ctrl = t_seg + (t1 - t0), t_ctrl + (t2 - t1)
-            if logits_out is None:
-                logits_out = np.empty((n, logits.shape[1]), np.float32)
-            if stop.all():                  # the last rows leave (at batch 1, the only branch taken)
+            if stop.all():              # the last rows leave (at batch 1, the only branch taken)
                 logits_out[rows], exit_out[rows] = logits, k
                 break
-            if stop.any():                  # some leave: record them, run the next segment on the rest
+            if stop.any():              # some leave: record them, the executor keeps the rest
                 logits_out[rows[stop]], exit_out[rows[stop]] = logits[stop], k
                 keep = ~stop
-                rows, hidden = rows[keep], hidden[keep]
+                rows, handle = rows[keep], ex.keep(handle, keep)
                 decision.keep(keep)
-                if mask is not None:
-                    mask = mask[keep]
-            seg_feed = {"hidden": hidden} if mask is None else {"hidden": hidden, "attention_mask": mask}
-        return BatchOutput(logits_out, exit_out, {"segments": t_seg, "controller": t_ctrl})
+                t_seg += time.perf_counter() - t2
+        return t_seg, t_ctrl
 
-    def infer_batch(self, xs, budget=None, mode=None) -> list:
-        """One Result per raw input (images as arrays, or strings for text models)."""
+    def infer_batch(self, xs, budget=None, mode=None, spent_ms: float = 0.0, record: bool = True) -> list:
+        """One Result per raw input (images as arrays, or strings for text models).
+
+        Args:
+            xs: the raw inputs.
+            budget, mode, spent_ms: as for `run`.
+            record: False keeps the call out of `stats()` (a shadow run, a warm-up).
+        """
         t0 = time.perf_counter()
         feed = self.preprocess.batch(xs)
         t1 = time.perf_counter()
-        out = self.run(feed, budget, mode)
+        out = self.run(feed, budget, mode, spent_ms + (t1 - t0) * 1e3, check=False)
         t2 = time.perf_counter()
         results = self.results(out)
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "segments": out.seconds["segments"] * 1e3,
-                   "controller": out.seconds["controller"] * 1e3, "postprocess": (t3 - t2) * 1e3}
+                   "controller": out.seconds["controller"] * 1e3,
+                   "postprocess": ((t3 - t2) + (t2 - t1) - sum(out.seconds.values())) * 1e3}
         for r in results:
             r.timings = dict(timings)
-        self._stats.add(out, self.chain_flops, timings)
+        if record:
+            self.statistics.add_call(out.exit_index, timings)
         return results
 
-    def infer(self, x, budget=None, mode=None) -> Result:
+    def infer(self, x, budget=None, mode=None, spent_ms: float = 0.0, record: bool = True) -> Result:
         """The Result for one raw input."""
-        return self.infer_batch([x], budget, mode)[0]
+        return self.infer_batch([x], budget, mode, spent_ms, record)[0]
 
     def results(self, out: BatchOutput) -> list:
         proba = softmax(out.logits.astype(np.float64))
         idx = out.logits.argmax(1)
         return [Result(self.labels[i], int(i), float(proba[r, i]), self.depths[k], int(k), int(self.chain_flops[k]),
-                       logits=out.logits[r]) for r, (i, k) in enumerate(zip(idx, out.exit_index))]
+                       logits=out.logits[r], lam=out.lam) for r, (i, k) in enumerate(zip(idx, out.exit_index))]
 
     def stats(self) -> dict:
-        """Counters since open: inputs, calls, depth histogram, mean FLOPs against full, ms per stage."""
-        return self._stats.summary(self.depths, int(self.chain_flops[-1]))
+        """Counters since open (edge_runtime.core.stats.Stats.summary): frames, depth histogram, FLOPs against
+        full, ms per stage, network and pipeline FPS; after `edge-infer run`, exactly what it printed."""
+        return self.statistics.summary()
 
 
-class RunStats:
-    """Running sums only: constant memory however long the runtime serves."""
-
-    def __init__(self, exits: int):
-        self.inputs = self.calls = 0
-        self.hist = np.zeros(exits, np.int64)
-        self.flops = 0
-        self.ms = dict.fromkeys(STAGES, 0.0)
-
-    def add(self, out: BatchOutput, chain_flops: np.ndarray, timings: dict) -> None:
-        self.inputs += len(out.exit_index)
-        self.calls += 1
-        self.hist += np.bincount(out.exit_index, minlength=len(self.hist))
-        self.flops += int(chain_flops[out.exit_index].sum())
-        for k, v in timings.items():
-            self.ms[k] += v
-
-    def summary(self, depths: list, full_flops: int) -> dict:
-        n = max(self.inputs, 1)
-        return {"inputs": self.inputs, "calls": self.calls,
-                "depth_histogram": {str(d): int(c) for d, c in zip(depths, self.hist)},
-                "mean_flops": self.flops / n, "flops_fraction": self.flops / n / full_flops,
-                "ms_per_input": {k: v / n for k, v in self.ms.items()}}
+__all__ = ["Runtime", "RuntimeOptions", "Result", "BatchOutput", "MODES"]

@@ -20,11 +20,12 @@ from edge_model.controller.report import (MARGIN, TOLERANCE, Family, choose_on_v
                                           standard_families, sweep, write_report)
 from edge_model.controller.table import ExitTable
 from edge_model.exits import load_exits
+from edge_runtime.core.budget import lambda_sweep
 from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.policy import PolicyArrays
 
 POLICIES = {"policy": {}, "policy_terminal": {"dense": False}, "policy_nopredictor": {"use_predictor": False}}
-LAMBDAS = np.geomspace(0.001, 3.0, 80).tolist()   # the eval sweep of the budget knob
+LAMBDAS = lambda_sweep(80)   # the eval sweep of the budget knob (edge_runtime.core.budget owns its range)
 
 
 def load_tables(ckpt_dir, splits=("train", "val", "test")) -> dict:

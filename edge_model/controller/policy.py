@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from edge_model.controller.methods import Boundary
 from edge_model.controller.table import ExitTable
+from edge_runtime.core.budget import check_lambda
+from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.policy import PolicyArrays, policy_state, state_size
 
 
@@ -127,6 +129,9 @@ def train_policy(table: ExitTable, proba, cfg: PPOConfig, progress: bool = True,
     """PPO on the table's episodes. Returns (LSTMPolicy, log: list of per-update dicts)."""
     from tqdm import tqdm
     torch.manual_seed(cfg.seed)
+    lo, hi = check_lambda(cfg.lam_min, "lam_min"), check_lambda(cfg.lam_max, "lam_max")
+    if not 0 < lo < hi:   # log-uniform sampling needs 0 < min < max
+        raise EdgeError(f"lam_min {lo}, lam_max {hi} | the training range needs 0 < min < max", Exit.BAD_INPUT)
     rng = np.random.default_rng(cfg.seed)
     E = table.num_exits
     policy = LSTMPolicy(state_size(E), cfg.hidden)

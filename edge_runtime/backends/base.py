@@ -1,20 +1,20 @@
-"""One interface for every backend, in the shape of Polygraphy's BaseRunner.
+"""The executor interface every backend writes (Polygraphy's BaseRunner shape, cut at the exits).
 
-The base class does what every backend needs once: state checks (no double open, no run before open or
-after close), the feed checked against the manifest's I/O spec, and timing around the engine call only.
-A backend writes three methods:
+An executor owns the graphs of one build and where activations live (host memory for ONNX Runtime,
+device memory for a GPU backend). The scheduler (edge_runtime.runtime) drives it through opaque handles
+and never looks inside one:
 
-    load()                  build its engines from self.graphs (a loader function does the work)
-    unload()                free them
-    execute(name, feed)     run one graph: {input name: array} -> {output name: array}
+    h = ex.start(feed)              # segment 0's inputs, checked once, placed where activations live
+    h, host = ex.segment(k, h)      # run segment k; host: the controller's few floats per row
+                                    # ({"logits", "conf"}, and "features" after segment 0), numpy arrays
+    h = ex.keep(h, mask)            # batch compaction on the executor's side: the rows that go on
+    host = ex.chain(j, d, h)        # segments j..d in one call (oneshot, fixed, full): a GPU backend
+                                    # replays one captured graph; host is segment d's
 
-and users call:
-
-    with OrtBackend(graphs) as b:           # or b.open() ... b.close()
-        out = b.run_segment("segment_0", {"pixels": x})   # outputs may reuse buffers: copy to keep
-        b.last_latency                                    # seconds, engine call only
+The base class does what every backend needs once: open/close state checks and the feed check at start
+(names, dtypes, shapes, one batch size, finite values). Each backend writes load, unload, place,
+segment, keep and chain. A handle is only valid until the next call that takes it.
 """
-import time
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -27,7 +27,7 @@ class BackendStateError(RuntimeError):
 
 
 def check_feed(name: str, spec, feed: dict) -> None:
-    """Inputs against the graph's spec: names, array type, dtype, rank, fixed dims, one batch size.
+    """Inputs against the graph's spec: names, array type, dtype, rank, fixed dims, one batch size, finite.
 
     Args:
         name: the graph's name, for messages.
@@ -60,36 +60,62 @@ def check_feed(name: str, spec, feed: dict) -> None:
             seen = axes.setdefault(d, (n, key))
             if seen[0] != n:
                 raise EdgeError(f"input '{key}' | {d} {n}, but '{seen[1]}' has {d} {seen[0]}", Exit.BAD_INPUT)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise EdgeError(f"input '{key}' | holds NaN or infinite values", Exit.BAD_INPUT)
 
 
-class Backend(ABC):
+class Executor(ABC):
     """Base of every backend: construct closed, `open()`, run, `close()` (or use it as a context manager)."""
 
     name = "base"
 
-    def __init__(self, graphs: dict):
+    def __init__(self, graphs: list):
         """Args:
-            graphs: {graph name: GraphSpec} (edge_runtime.core.engine_dir), e.g. EngineDir.graphs().
+            graphs: [GraphSpec] in chain order (edge_runtime.core.engine_dir.Build.graphs).
         """
-        self.graphs = dict(graphs)
+        self.graphs = list(graphs)
         self.is_open = False
-        self.last_latency = None    # seconds of the last engine call, None before the first
 
     # --- what each backend writes
     @abstractmethod
     def load(self) -> None:
-        """Each backend writes this."""
+        """Build the engines from self.graphs (a loader function does the work)."""
 
     @abstractmethod
     def unload(self) -> None:
-        """Each backend writes this."""
+        """Free them."""
 
     @abstractmethod
-    def execute(self, name: str, feed: dict) -> dict:
-        """Each backend writes this."""
+    def place(self, feed: dict):
+        """A handle on segment 0's (checked) inputs, wherever this backend keeps activations."""
+
+    @abstractmethod
+    def segment(self, k: int, handle) -> tuple:
+        """(handle for segment k + 1, host outputs of segment k)."""
+
+    @abstractmethod
+    def keep(self, handle, mask: np.ndarray):
+        """The handle with only the rows where `mask` (bool, one per row) is set."""
+
+    @abstractmethod
+    def chain(self, j: int, d: int, handle) -> dict:
+        """Host outputs of segment d after running segments j..d on `handle`."""
+
+    def describe(self) -> str:
+        """Where it runs, for the header line (e.g. providers and threads)."""
+        return self.name
 
     # --- what callers use
-    def open(self) -> "Backend":
+    def start(self, feed: dict, check: bool = True):
+        """A handle on `feed`, segment 0's inputs; check=False for feeds the runtime's own preprocessing
+        built (already checked, and the check costs microseconds per call)."""
+        if not self.is_open:
+            raise BackendStateError(f"{self.name} backend | start before open()")
+        if check:
+            check_feed("segment_0", self.graphs[0], feed)
+        return self.place(feed)
+
+    def open(self) -> "Executor":
         if self.is_open:
             raise BackendStateError(f"{self.name} backend | already open; close it first")
         self.load()
@@ -102,26 +128,9 @@ class Backend(ABC):
         self.unload()
         self.is_open = False
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> "Executor":
         return self.open()
 
     def __exit__(self, *exc) -> None:
         if self.is_open:
             self.close()
-
-    def run_segment(self, name: str, feed: dict, check: bool = True) -> dict:
-        """{output name: array} of graph `name` on `feed`; the latency of the engine call lands in last_latency.
-        check=False skips the feed check, for feeds the runtime built from an earlier segment's outputs
-        (it costs microseconds per call, a visible share of a small model's batch-1 latency)."""
-        if not self.is_open:
-            raise BackendStateError(f"{self.name} backend | run_segment before open()")
-        spec = self.graphs.get(name)
-        if spec is None:
-            raise EdgeError(f"segment '{name}' | not in this engine directory (it has: {', '.join(self.graphs)})",
-                            Exit.BAD_INPUT)
-        if check:
-            check_feed(name, spec, feed)
-        start = time.perf_counter()
-        out = self.execute(name, feed)
-        self.last_latency = time.perf_counter() - start
-        return out

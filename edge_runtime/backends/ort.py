@@ -1,12 +1,13 @@
-"""ONNX Runtime backend: one InferenceSession per segment, CPU by default.
+"""ONNX Runtime executor: one InferenceSession per segment, activations in host memory, CPU by default.
 
 Execution providers are checked twice, since onnxruntime-gpu quietly runs on the CPU when CUDA or
 TensorRT cannot start: a requested provider must be in get_available_providers() before the session is
 made, and in the session's get_providers() after. Either miss is one line, never a silent fallback.
 """
-from edge_runtime.backends import lazy_import
-from edge_runtime.backends.base import Backend
+from edge_runtime.backends.base import Executor
+from edge_runtime.core.chain import HIDDEN_OUT, carried_names, host_outputs, next_feed
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.lazy import lazy_import
 
 
 def check_providers(ort, providers) -> list:
@@ -63,23 +64,34 @@ def session_from_file(path, providers, intra_op_num_threads: int = 0, name: str 
     return session
 
 
-class OrtBackend(Backend):
+class Rows:
+    """The ORT handle: the next segment's feed, in host memory, and the pass-through inputs."""
+    __slots__ = ("feed", "carried")
+
+    def __init__(self, feed: dict, carried: dict):
+        self.feed, self.carried = feed, carried
+
+
+class OrtExecutor(Executor):
     name = "onnxruntime"
 
-    def __init__(self, graphs: dict, providers=("CPUExecutionProvider",), intra_op_num_threads: int = 0):
+    def __init__(self, graphs: list, providers=("CPUExecutionProvider",), intra_op_num_threads: int = 0):
         """Args:
-            graphs: {name: GraphSpec} from EngineDir.graphs().
+            graphs: [GraphSpec] in chain order.
             providers: ONNX Runtime execution providers, in priority order.
             intra_op_num_threads: threads per session (0: ONNX Runtime's default).
         """
         super().__init__(graphs)
         self.providers = tuple(providers)
         self.intra_op_num_threads = intra_op_num_threads
-        self.sessions = {}
+        self.sessions = []
+        self.carried = carried_names([g.inputs for g in self.graphs])
+        self.outputs = [[o["name"] for o in g.outputs] for g in self.graphs]
+        self.host = [host_outputs(g.outputs) for g in self.graphs]
 
     def load(self) -> None:
-        sessions = {}
-        for name, spec in self.graphs.items():
+        sessions = []
+        for spec in self.graphs:
             s = session_from_file(spec.path, self.providers, self.intra_op_num_threads, spec.path.name)
             got, want = [i.name for i in s.get_inputs()], [i["name"] for i in spec.inputs]
             if got != want:
@@ -88,18 +100,44 @@ class OrtBackend(Backend):
             if any(o["name"] not in outs for o in spec.outputs):
                 raise EdgeError(f"{spec.path.name} | outputs {outs}, the manifest says "
                                 f"{[o['name'] for o in spec.outputs]}", Exit.CORRUPT)
-            sessions[name] = s
+            sessions.append(s)
         self.sessions = sessions
 
     def unload(self) -> None:
-        self.sessions = {}
+        self.sessions = []
 
-    def execute(self, name: str, feed: dict) -> dict:
-        names = [o["name"] for o in self.graphs[name].outputs]
-        return dict(zip(names, self.sessions[name].run(names, feed)))
+    def describe(self) -> str:
+        first = self.sessions[0].get_providers() if self.sessions else list(self.providers)
+        threads = self.intra_op_num_threads or "default"
+        return f"{self.name} ({', '.join(first)}, {threads} thread(s))"
 
     @property
     def active_providers(self) -> list:
         """The providers the sessions run on (after open)."""
-        first = next(iter(self.sessions.values()), None)
-        return first.get_providers() if first is not None else []
+        return self.sessions[0].get_providers() if self.sessions else []
+
+    def place(self, feed: dict) -> Rows:
+        return Rows(feed, {name: feed[name] for name in self.carried})
+
+    def run(self, k: int, rows: Rows) -> dict:
+        """Every output of segment k on `rows`, as numpy arrays ({name: array})."""
+        names = self.outputs[k]
+        return dict(zip(names, self.sessions[k].run(names, rows.feed)))
+
+    def segment(self, k: int, rows: Rows) -> tuple:
+        out = self.run(k, rows)
+        host = {n: out[n] for n in self.host[k]}
+        if k + 1 == len(self.graphs):
+            return None, host
+        return Rows(next_feed(self.graphs[k + 1].inputs, out[HIDDEN_OUT], rows.carried), rows.carried), host
+
+    def keep(self, rows: Rows, mask):
+        feed = {name: v[mask] for name, v in rows.feed.items()}
+        carried = {name: feed[name] if name in feed else v[mask] for name, v in rows.carried.items()}
+        return Rows(feed, carried)
+
+    def chain(self, j: int, d: int, rows: Rows) -> dict:
+        host = None
+        for k in range(j, d + 1):
+            rows, host = self.segment(k, rows)
+        return host

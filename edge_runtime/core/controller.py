@@ -51,16 +51,6 @@ class Mode:
         return self.name if self.name != "fixed" else f"fixed exit {self.exit_index}"
 
 
-def check_budget(lam) -> float:
-    try:
-        lam = float(lam)
-    except (TypeError, ValueError):
-        raise EdgeError(f"budget {lam!r} | not a number", Exit.BAD_INPUT) from None
-    if not (np.isfinite(lam) and lam > 0):
-        raise EdgeError(f"budget {lam} | lambda must be a positive number", Exit.BAD_INPUT)
-    return lam
-
-
 class Decision:
     """The controller's per-row state for one batch, from segment 0 to the last row's stop.
     Make it with Controller.start, which also decides exit 0."""
@@ -107,7 +97,6 @@ class Controller:
         self.policy = engine.policy_arrays()
         self.used = np.asarray(ctrl["costs"]["used"], np.float32)
         self.plain = np.asarray(ctrl["costs"]["plain"], np.float64)
-        self.operating_points = ctrl["operating_points"]
         self.predictor = TreeEnsemble.from_onnx(engine.file(ctrl["predictor"]["file"]))
         if self.predictor.classes != self.num_exits:
             raise EdgeError(f"{ctrl['predictor']['file']} | {self.predictor.classes} classes for {self.num_exits} "
@@ -123,10 +112,6 @@ class Controller:
         if E > 2:
             decision.stop(1, logits, conf)
         self.predictor(features)
-
-    def default_budget(self, mode: Mode) -> float:
-        point = self.operating_points.get(mode.name)
-        return float(point["lambda"]) if point else 1.0
 
     def start(self, mode: Mode, lam: np.ndarray, features: np.ndarray, logits: np.ndarray,
               conf: np.ndarray) -> Decision:

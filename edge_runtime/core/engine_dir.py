@@ -3,13 +3,14 @@
 Opening refuses, in one EdgeError line naming the file and the reason, anything that does not match:
   - the manifest's schema name and version, and its structure (edge_runtime.core.manifest);
   - a path that is absolute, holds '..' or resolves outside the directory;
-  - a listed file that is missing, or whose sha256 differs from the manifest's;
-  - a build stamp this machine cannot honour: the backend (or its package) is not here, the precision is
-    not one the backend runs, onnxruntime is another major version or an older minor than the build's,
-    or (for backends whose engines are built per device) another machine.
-Nothing here imports torch.
+  - a listed file that is missing, or whose sha256 differs from the manifest's.
+Builds are artifacts of the directory, keyed by (backend, precision): the exported segments are the
+onnxruntime fp32 build (stamped in `build`), `edge-infer build` and the device backends add entries to
+`builds`, each with its own stamp. `EngineDir.build(backend, precision)` picks one and refuses, in one
+line, a stamp this machine cannot honour: the backend (or its package) is not here, the precision is not
+one the backend runs, onnxruntime is another major version or an older minor than the build's, or (for
+backends whose engines are built per device) another machine. Nothing here imports torch.
 """
-import hashlib
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,10 @@ import numpy as np
 
 from edge_runtime import backends
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.files import sha256_file
 from edge_runtime.core.manifest import MANIFEST, confined, file_refs, read_manifest
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+EXPORT = "exported fp32 segments"
 
 
 def major_minor(version: str):
@@ -40,7 +36,7 @@ def major_minor(version: str):
 
 @dataclass
 class Fit:
-    """One line of the build stamp against this machine."""
+    """One line of a build stamp against this machine."""
     item: str
     built: str
     here: str
@@ -48,9 +44,9 @@ class Fit:
     note: str = ""
 
 
-def build_fit(build: dict) -> list:
-    """The build stamp checked item by item against this machine (backend, precision, runtime, device)."""
-    name = build.get("backend")
+def build_fit(stamp: dict) -> list:
+    """A build stamp checked item by item against this machine (backend, precision, runtime, device)."""
+    name = stamp.get("backend")
     canonical = backends.ALIASES.get(name, name)
     info, here = backends.BACKENDS.get(canonical), backends.available()
     fit = Fit("backend", name, ", ".join(here) or "none", info is not None and canonical in here)
@@ -61,11 +57,11 @@ def build_fit(build: dict) -> list:
     if not fit.ok:
         return [fit]
     fits = [fit]
-    precision = build.get("precision")
+    precision = stamp.get("precision")
     fits.append(Fit("precision", precision, "/".join(info.precisions), precision in info.precisions,
                     "" if precision in info.precisions else f"{name} here runs {', '.join(info.precisions)}"))
     if canonical == "onnxruntime":
-        built_v = str(build.get("versions", {}).get("onnxruntime", "?"))
+        built_v = str(stamp.get("versions", {}).get("onnxruntime", "?"))
         here_v = backends.package_version(canonical)
         b, h = major_minor(built_v), major_minor(here_v)
         # ONNX files read forward: a runtime of the same major and at least the build's minor reads what
@@ -73,7 +69,7 @@ def build_fit(build: dict) -> list:
         ok = b is not None and h is not None and b[0] == h[0] and h[1] >= b[1]
         note = "" if ok else f"needs {b[0]}.{b[1]} or a later {b[0]}.x" if b else "unreadable version"
         fits.append(Fit("onnxruntime", built_v, here_v, ok, note))
-    built_dev = build.get("device", {})
+    built_dev = stamp.get("device", {})
     here_dev = {"machine": platform.machine(), "system": platform.system()}
     same = all(built_dev.get(k) == v for k, v in here_dev.items())
     fits.append(Fit("device", f"{built_dev.get('machine')} {built_dev.get('system')}",
@@ -83,9 +79,9 @@ def build_fit(build: dict) -> list:
     return fits
 
 
-def build_refusal(build: dict):
+def build_refusal(stamp: dict):
     """None when the stamp fits this machine, else the reason (for a one-line refusal)."""
-    for f in build_fit(build):
+    for f in build_fit(stamp):
         if not f.ok:
             return f"build stamp: {f.item} {f.built}, this machine has {f.here}" + (f" ({f.note})" if f.note else "")
     return None
@@ -140,6 +136,16 @@ class Projection:
         return (self.pool(hidden, mask) @ self.weight + self.bias).astype(np.float32)
 
 
+@dataclass
+class Build:
+    """One build of an engine directory: the graphs a backend runs, and the stamp they were made under."""
+    backend: str       # canonical backend name
+    precision: str
+    label: str         # for messages and headers: "exported fp32 segments", "onnxruntime int8 build"
+    stamp: dict        # backend, precision, versions, device (the export's `build`, or a `builds` entry)
+    graphs: list       # [GraphSpec] in chain order, every file hash-checked
+
+
 class EngineDir:
     """A verified engine directory. Use `EngineDir.open(path)`; the constructor checks nothing."""
 
@@ -147,21 +153,16 @@ class EngineDir:
         self.root, self.manifest = root, manifest
 
     @classmethod
-    def open(cls, path, check_build: bool = True) -> "EngineDir":
-        """Read, verify and return the engine directory at `path`.
+    def open(cls, path) -> "EngineDir":
+        """Read, verify and return the engine directory at `path` (schema, paths, every file's sha256).
 
         Args:
             path: the directory holding manifest.json.
-            check_build: refuse a build stamp this machine cannot run (`info` reports it instead).
         """
         root = Path(path)
         manifest = read_manifest(root)
         for where, ref in file_refs(manifest):
             verified_file(root, ref, where)
-        if check_build:
-            reason = build_refusal(manifest["build"])
-            if reason:
-                raise EdgeError(f"{MANIFEST} | {reason}", Exit.BAD_INPUT)
         return cls(root, manifest)
 
     # --- the manifest's parts
@@ -182,20 +183,67 @@ class EngineDir:
         return self.manifest["variants"]
 
     @property
-    def build(self) -> dict:
+    def export_stamp(self) -> dict:
+        """The stamp of the exported segments (the onnxruntime fp32 build every other build starts from)."""
         return self.manifest["build"]
 
     @property
     def controller(self) -> dict:
         return self.manifest["controller"]
 
+    def builds(self) -> list:
+        """(backend, precision, label, stamp) of every build here, the exported segments first."""
+        canonical = (lambda name: backends.ALIASES.get(name, name))   # noqa: E731  (unknown names stay as written)
+        out = [(canonical(self.export_stamp["backend"]), "fp32", EXPORT, self.export_stamp)]
+        for b in self.manifest.get("builds", []):
+            out.append((canonical(b["backend"]), b["precision"], f"{b['backend']} {b['precision']} build", b))
+        return out
+
+    def build(self, backend: str, precision: str = "fp32", check: bool = True) -> Build:
+        """The build of (backend, precision): a `builds` entry when there is one, else for fp32 the exported
+        segments (an onnxruntime build; another backend builds its engines from them). `check` refuses,
+        in one line, a stamp this machine cannot honour.
+        """
+        backend = backends.resolve(backend)
+        found = [(i, b) for i, b in enumerate(self.manifest.get("builds", []))
+                 if backends.ALIASES.get(b["backend"], b["backend"]) == backend and b["precision"] == precision]
+        if found:
+            at, entry = found[0]
+            where, label = f"builds[{at}]", f"{backend} {precision} build"
+            files = entry["files"]
+            if len(files) != len(self.segments):
+                raise EdgeError(f"{MANIFEST} | {where} lists {len(files)} files for {len(self.segments)} segments",
+                                Exit.CORRUPT)
+            paths = [verified_file(self.root, f, f"{where}.files[{k}]") for k, f in enumerate(files)]
+        elif precision == "fp32" and backend == backends.ALIASES.get(self.export_stamp["backend"],
+                                                                     self.export_stamp["backend"]):
+            where, label, entry = "build", EXPORT, self.export_stamp
+            paths = [self.file(s["file"]) for s in self.segments]
+        else:
+            have = ", ".join(f"{b} {p}" for b, p, _, _ in self.builds())
+            raise EdgeError(f"{MANIFEST} | no {backend} {precision} build (this directory has: {have}; make one: "
+                            f"edge-infer build --engine-dir {self.root} --precision {precision})", Exit.NOT_FOUND)
+        if check:
+            reason = build_refusal(entry)
+            if reason:
+                raise EdgeError(f"{MANIFEST} | {where} ({label}): {reason}", Exit.BAD_INPUT)
+        graphs = [GraphSpec(f"segment_{s['index']}", p, s["inputs"], s["outputs"]) for s, p in zip(self.segments, paths)]
+        return Build(backend, precision, label, entry, graphs)
+
+    def bench_for(self, backend: str, precision: str, threads: int, batch: int = 1):
+        """The `bench` measurement of this build at `threads` and `batch`, or None."""
+        for m in self.manifest.get("bench", []):
+            if (m["backend"], m["precision"], m["threads"], m["batch"]) == (backend, precision, threads, batch):
+                return m
+        return None
+
     def file(self, rel: str) -> Path:
         return confined(self.root, rel, "file")
 
-    def graphs(self) -> dict:
-        """{"segment_K": GraphSpec} for every segment, in chain order."""
-        return {f"segment_{s['index']}": GraphSpec(f"segment_{s['index']}", self.file(s["file"]),
-                                                   s["inputs"], s["outputs"]) for s in self.segments}
+    def graphs(self) -> list:
+        """[GraphSpec] of the exported segments, in chain order."""
+        return [GraphSpec(f"segment_{s['index']}", self.file(s["file"]), s["inputs"], s["outputs"])
+                for s in self.segments]
 
     def variant(self, depth: int) -> dict:
         for v in self.variants:
@@ -219,14 +267,12 @@ class EngineDir:
 
 
 def describe(engine: EngineDir) -> str:
-    """`edge-infer info`: the manifest in a screenful, and whether its build stamp fits this machine."""
-    m, task, b, prov = engine.manifest, engine.task, engine.build, engine.manifest["provenance"]
+    """`edge-infer info`: the manifest in a screenful, and whether each build's stamp fits this machine."""
+    m, task, prov = engine.manifest, engine.task, engine.manifest["provenance"]
     first = engine.segments[0]["inputs"]
     labels = task["labels"]
     shown = ", ".join(map(str, labels[:10])) + (f", … ({len(labels)} in all)" if len(labels) > 10 else "")
-    v = b["versions"]
     commit = prov.get("git_commit")
-    fits = build_fit(b)
     ctrl = engine.controller
     lines = [
         f"engine      {engine.name} ({engine.root}), schema {m['schema']} v{m['schema_version']}",
@@ -239,20 +285,27 @@ def describe(engine: EngineDir) -> str:
         f"{ctrl['features']['projection_dims']} projected)",
         f"reference   {m['reference'].get('samples', '?')} {m['reference'].get('split', '')} inputs "
         f"({m['reference']['file']})",
-        f"build       {b['backend']} {b['precision']}, opset {b['opset']}; "
-        + ", ".join(f"{k} {val}" for k, val in v.items())
-        + f"; on {b['device'].get('machine')} {b['device'].get('system')}",
         f"provenance  git {commit[:12] if commit else 'unknown'}{' (dirty)' if prov.get('git_dirty') else ''}, "
         f"dataset {prov.get('dataset')}, preset {prov.get('preset')}, config sha256 "
         f"{str(prov.get('config_sha256'))[:12]}…, checkpoint {prov.get('checkpoint')}",
-        f"this machine {'fits the build stamp' if all(f.ok for f in fits) else 'does NOT fit the build stamp'}:",
     ]
-    for f in fits:
-        lines.append(f"  {'ok ' if f.ok else 'NO '} {f.item:<12} built {f.built}, here {f.here}"
-                     + (f" ({f.note})" if f.note else ""))
-    lines += ["", "| depth | chain | MFLOPs | val acc % | latency ms |", "|---|---|---|---|---|"]
+    for backend, precision, label, stamp in engine.builds():
+        fits = build_fit(stamp)
+        versions = ", ".join(f"{k} {val}" for k, val in stamp.get("versions", {}).items())
+        lines.append(f"build       {label}: {backend} {precision}, opset {stamp.get('opset')}; {versions}; on "
+                     f"{stamp.get('device', {}).get('machine')} {stamp.get('device', {}).get('system')}; this machine "
+                     f"{'fits its stamp' if all(f.ok for f in fits) else 'does NOT fit its stamp'}:")
+        for f in fits:
+            lines.append(f"  {'ok ' if f.ok else 'NO '} {f.item:<12} built {f.built}, here {f.here}"
+                         + (f" ({f.note})" if f.note else ""))
+    measured = m.get("bench", [])
+    heads = [f"{b['backend']} {b['precision']} {b['threads']}t ms" for b in measured]
+    lines += ["", "| depth | chain | MFLOPs | val acc % |" + "".join(f" {h} |" for h in heads),
+              "|---|---|---|---|" + "---|" * len(heads)]
     for var in engine.variants:
-        lat = "-" if var.get("latency_ms") is None else f"{var['latency_ms']:.3f}"
+        lat = "".join(f" {b['variant_ms'].get(str(var['depth']), float('nan')):.3f} |" for b in measured)
         lines.append(f"| {var['depth']} | {' '.join(map(str, var['chain']))} | {var['flops'] / 1e6:.3f} | "
-                     f"{var['val_accuracy'] * 100:.2f} | {lat} |")
+                     f"{var['val_accuracy'] * 100:.2f} |{lat}")
+    if not measured:
+        lines.append("(no latency measured here yet: edge-infer bench --engine-dir DIR)")
     return "\n".join(lines)

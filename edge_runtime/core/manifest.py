@@ -8,18 +8,21 @@ path relative to the engine directory and carries its sha256:
               tokenizer {file, sha256} (text only)
   segments    [{index, exit, file, sha256, bytes, flops, params, inputs, outputs}]; inputs and outputs are
               [{name, shape (the batch axis by name, the rest ints), dtype}]
-  variants    [{depth, exit_index, chain (segment indices, 0..exit_index), flops, val_accuracy, latency_ms}]
+  variants    [{depth, exit_index, chain (segment indices, 0..exit_index), flops, val_accuracy}]
   controller  predictor, policy, policy_arrays, projection: each {file, sha256}; features (names, input
               statistics, projection_dims and how the projection reads segment 0's output);
               costs {used, plain}: per exit, the compute spent stopping there (every head on the way) and
               the plain depth-d model's, as fractions of full depth; operating_points {progressive,
               oneshot}: each {lambda, ...}, the budget chosen on the validation split
   reference   {file, sha256, ...}: a few test inputs and the PyTorch logits of every exit
-  build       backend, precision, opset, versions {onnx, onnxruntime, torch, python},
-              device {machine, processor, system}
+  build       the exported segments' stamp: backend, precision, opset, versions {onnx, onnxruntime,
+              torch, python}, device {machine, processor, system}
+  builds      (after edge-infer build or a device backend's build) [{backend, precision, files [{segment,
+              file, sha256, bytes}], versions, device, ...}]: one per (backend, precision), each stamped
   provenance  git_commit, dataset, config_sha256, checkpoint
-  bench       (after edge-infer bench) machine, threads, budget_curve [{lambda, mean_ms}]: what
-              --deadline-ms reads; variants[].latency_ms is filled in by the same run
+  bench       (after edge-infer bench) [{backend, precision, threads, batch, machine, graphs,
+              variant_ms {depth: median ms}, curves {mode: [{lambda, mean_ms}]}}]: one per (backend,
+              precision, threads, batch); the curves are what --deadline-ms reads
 
 This module checks the shape of that document and where its paths point; engine_dir.py checks the
 files themselves (existence, hashes) and the build stamp. Every refusal is one EdgeError line, subject
@@ -29,10 +32,12 @@ import json
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from edge_runtime.core.budget import check_lambda
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.files import write_atomic
 
 SCHEMA = "edge-engines"
-SCHEMA_VERSION = 2   # 2: controller.costs and controller.operating_points
+SCHEMA_VERSION = 3   # 2: controller.costs and operating_points; 3: builds and bench keyed by backend
 MANIFEST = "manifest.json"
 CONTROLLER_FILES = ("predictor", "policy", "policy_arrays", "projection")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -136,12 +141,8 @@ def validate(m) -> dict:
             raise bad(f"{at}depth {v['depth']}, but segment {k} ends at exit {segments[k]['exit']}")
         need(v, "flops", int, at)
         need(v, "val_accuracy", (int, float), at)
-        if v.get("latency_ms") is not None:
-            need(v, "latency_ms", (int, float), at)
-    if m.get("bench") is not None:
-        for i, p in enumerate(need(need(m, "bench", dict, ""), "budget_curve", list, "bench.")):
-            need(p, "lambda", (int, float), f"bench.budget_curve[{i}].")
-            need(p, "mean_ms", (int, float), f"bench.budget_curve[{i}].")
+    keyed(m, "bench", ("backend", "precision", "threads", "batch"), bench_entry)
+    keyed(m, "builds", ("backend", "precision"), build_entry)
 
     controller = need(m, "controller", dict, "")
     for key in CONTROLLER_FILES:
@@ -158,8 +159,7 @@ def validate(m) -> dict:
     for mode in ("progressive", "oneshot"):
         lam = need(need(points, mode, dict, "controller.operating_points."), "lambda", (int, float),
                    f"controller.operating_points.{mode}.")
-        if not lam >= 0:
-            raise bad(f"controller.operating_points.{mode}.lambda {lam} must be >= 0")
+        check_lambda(lam, f"{MANIFEST} controller.operating_points.{mode}.lambda", Exit.CORRUPT)
     file_ref(need(m, "reference", dict, ""), "reference.")
 
     build = need(m, "build", dict, "")
@@ -172,14 +172,50 @@ def validate(m) -> dict:
     return m
 
 
+def keyed(m: dict, key: str, fields: tuple, check) -> None:
+    """An optional list of entries, each checked by `check`, no two alike on `fields`."""
+    if m.get(key) is None:
+        return
+    entries, seen = need(m, key, list, ""), set()
+    for i, e in enumerate(entries):
+        at = f"{key}[{i}]."
+        check(e, at)
+        ident = tuple(e[f] for f in fields)
+        if ident in seen:
+            raise bad(f"{key}[{i}] is a second entry for {' '.join(map(str, ident))} (one per {', '.join(fields)})")
+        seen.add(ident)
+
+
+def build_entry(b: dict, at: str) -> None:
+    for key in ("backend", "precision"):
+        need(b, key, str, at)
+    need(b, "versions", dict, at)
+    need(b, "device", dict, at)
+    for j, f in enumerate(need(b, "files", list, at)):
+        file_ref(f, f"{at}files[{j}].")
+
+
+def bench_entry(b: dict, at: str) -> None:
+    for key in ("backend", "precision"):
+        need(b, key, str, at)
+    need(b, "threads", int, at)
+    need(b, "batch", int, at)
+    for depth, ms in need(b, "variant_ms", dict, at).items():
+        if not isinstance(ms, (int, float)) or isinstance(ms, bool) or not ms > 0:
+            raise bad(f"{at}variant_ms.{depth} must be a positive number of ms")
+    for mode, points in need(b, "curves", dict, at).items():
+        if not isinstance(points, list) or not points:
+            raise bad(f"{at}curves.{mode} missing or empty")
+        for i, p in enumerate(points):
+            check_lambda(need(p, "lambda", (int, float), f"{at}curves.{mode}[{i}]."),
+                         f"{MANIFEST} {at}curves.{mode}[{i}].lambda", Exit.CORRUPT)
+            need(p, "mean_ms", (int, float), f"{at}curves.{mode}[{i}].")
+
+
 def write_manifest(root, manifest: dict) -> dict:
-    """Validate `manifest` and write it into the engine directory `root`: temp name, then rename."""
-    import os
+    """Validate `manifest` and write it into the engine directory `root`, whole or not at all."""
     validate(manifest)
-    root = Path(root)
-    tmp = root / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, root / MANIFEST)
+    write_atomic(Path(root) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -190,8 +226,8 @@ def file_refs(m: dict) -> list:
     refs.append(("reference", m["reference"]))
     if m["task"]["kind"] == "text":
         refs.append(("task.tokenizer", m["task"]["tokenizer"]))
-    for i, build in enumerate(m.get("builds", [])):
-        refs += [(f"builds[{i}].files[{j}]", f) for j, f in enumerate(build.get("files", []))]
+    for i, build in enumerate(m.get("builds") or []):
+        refs += [(f"builds[{i}].files[{j}]", f) for j, f in enumerate(build["files"])]
     return refs
 
 
@@ -204,7 +240,8 @@ def confined(root: Path, rel: str, where: str) -> Path:
     if ".." in PurePosixPath(rel).parts:
         raise EdgeError(f"{rel} | '..' leaves the engine directory (manifest {where}.file)", Exit.CORRUPT)
     path = root / rel
-    if not path.resolve().is_relative_to(root.resolve()):
+    inside = root.resolve()
+    if path.resolve() != inside and inside not in path.resolve().parents:
         raise EdgeError(f"{rel} | resolves outside the engine directory, to {path.resolve()} "
                         f"(manifest {where}.file)", Exit.CORRUPT)
     return path

@@ -8,8 +8,10 @@ On real inputs (the engine's dataset test split by default), with warm-up first 
                the two would evict the adaptive path's caches with every full-depth run); latency saving
                next to FLOPs saving; the controller's own time in microseconds
   batched      throughput at --batch of adaptive (batched early exit) and full depth, with both accuracies
-  budget curve mean adaptive latency for a grid of lambdas, for --deadline-ms
-The per-variant medians and the budget curve are written into the manifest (`--no-store` to skip).
+  budget curve mean adaptive latency for a grid of lambdas, for --deadline-ms (adaptive modes only)
+The per-variant medians and the curve are written into the manifest's `bench`, keyed by the build
+(backend, precision), the threads and batch 1 (`--no-store` to skip); a deadline reads the curve of its
+own build, threads and mode.
 """
 import argparse
 import platform
@@ -18,10 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_runtime.core.budget import lambda_sweep
 from edge_runtime.core.controller import Mode
 from edge_runtime.core.errors import EdgeError, Exit
 
-CURVE_LAMBDAS = np.geomspace(0.001, 3.0, 9)
+CURVE_LAMBDAS = lambda_sweep(9)
 BLOCK = 50
 
 
@@ -95,8 +98,8 @@ def bench(rt, options: BenchOptions, say=print) -> dict:
     n = len(next(iter(feed.values())))
     ones = [rows(feed, i, i + 1) for i in range(n)]
     E = len(rt.depths)
-    full = Mode("fixed", E - 1)
-    lam = rt.budget_for(rt.mode)
+    full = rt.full
+    lam = rt.spend.lam(rt.mode)
     for i in range(options.warmup):
         rt.run(ones[i % n])
         rt.run(ones[i % n], mode=full)
@@ -108,7 +111,8 @@ def bench(rt, options: BenchOptions, say=print) -> dict:
         times = [rt.run(one, mode=mode).seconds["segments"] for one in ones]
         variants.append({"depth": d, "flops": int(rt.chain_flops[k]), **stats_ms(times, options.percentiles)})
 
-    say(f"adaptive: {rt.mode} at lambda {lam:.4g} against full depth, alternating blocks of {BLOCK}", flush=True)
+    at = f" at lambda {lam:.4g}" if lam is not None else ""
+    say(f"adaptive: {rt.mode}{at} against full depth, alternating blocks of {BLOCK}", flush=True)
     t_full, t_adapt, t_ctrl, exits = [], [], [], []
     for b in range(0, n, BLOCK):
         block = ones[b:b + BLOCK]
@@ -152,19 +156,20 @@ def bench(rt, options: BenchOptions, say=print) -> dict:
                      "accuracy": float((preds == labels).mean()) if labels is not None else None}
     batched = {"batch": B, **thr, "speedup": thr["adaptive"]["inputs_per_s"] / thr["full"]["inputs_per_s"]}
 
-    say("budget curve: mean adaptive latency per lambda, for --deadline-ms", flush=True)
-    subset = ones[:min(n, 300)]
     curve = []
-    for lam_k in CURVE_LAMBDAS:
-        times = []
-        for one in subset:
-            s = time.perf_counter()
-            rt.run(one, budget=float(lam_k))
-            times.append(time.perf_counter() - s)
-        curve.append({"lambda": float(lam_k), "mean_ms": float(np.mean(times) * 1e3)})
+    if rt.mode.name != "fixed":
+        say(f"budget curve: mean {rt.mode} latency per lambda, for --deadline-ms", flush=True)
+        subset = ones[:min(n, 300)]
+        for lam_k in CURVE_LAMBDAS:
+            times = []
+            for one in subset:
+                s = time.perf_counter()
+                rt.run(one, budget=float(lam_k))
+                times.append(time.perf_counter() - s)
+            curve.append({"lambda": float(lam_k), "mean_ms": float(np.mean(times) * 1e3)})
 
-    return {"engine": rt.engine.name, "input": uri, "graphs": rt.graphs_label, "backend": rt.backend.name,
-            "threads": getattr(rt.backend, "intra_op_num_threads", None),
+    return {"engine": rt.engine.name, "input": uri, "graphs": rt.built.label, "backend": rt.built.backend,
+            "precision": rt.built.precision, "executor": rt.executor.describe(), "threads": rt.options.threads,
             "machine": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                         "system": platform.system()},
             "warmup": options.warmup, "variants": variants, "adaptive": adaptive, "batched": batched,
@@ -172,29 +177,36 @@ def bench(rt, options: BenchOptions, say=print) -> dict:
 
 
 def store(rt, result: dict) -> None:
-    """Per-variant median latency and the budget curve into the manifest (what --deadline-ms reads)."""
+    """Per-variant median latency and the mode's budget curve into the manifest's `bench` entry of this
+    build, threads and batch 1 (what --deadline-ms and the stream's realized speedup read)."""
     from edge_runtime.core.manifest import read_manifest, write_manifest
     m = read_manifest(rt.engine.root)
-    med = {v["depth"]: v["median"] for v in result["variants"]}
-    for v in m["variants"]:
-        v["latency_ms"] = med[v["depth"]]
-    m["bench"] = {"machine": result["machine"], "threads": result["threads"], "graphs": result["graphs"],
-                  "budget_curve": result["budget_curve"]}
+    key = (result["backend"], result["precision"], result["threads"], 1)
+    entries = m.get("bench") or []
+    old = [e for e in entries if (e["backend"], e["precision"], e["threads"], e["batch"]) == key]
+    curves = dict(old[0]["curves"]) if old else {}
+    if result["budget_curve"]:
+        curves[rt.mode.name] = result["budget_curve"]
+    entry = {"backend": key[0], "precision": key[1], "threads": key[2], "batch": 1, "machine": result["machine"],
+             "graphs": result["graphs"], "variant_ms": {str(v["depth"]): v["median"] for v in result["variants"]},
+             "curves": curves}
+    m["bench"] = [e for e in entries if e not in old] + [entry]
     write_manifest(rt.engine.root, m)
 
 
 def markdown(r: dict) -> str:
     a, b = r["adaptive"], r["batched"]
     pk = [k for k in r["variants"][0] if k.startswith("p")]
-    lines = [f"{r['engine']} on {r['machine']['processor']}, {r['backend']} ({r['graphs']}), "
-             f"{r['threads']} thread(s), inputs {r['input']}", "",
+    lines = [f"{r['engine']} on {r['machine']['processor']}, {r['graphs']} on {r['executor']}, "
+             f"inputs {r['input']}", "",
              "| depth | MFLOPs | mean ms | " + " | ".join(f"{k} ms" for k in pk) + " |",
              "|---|---|---|" + "---|" * len(pk)]
     for v in r["variants"]:
         lines.append(f"| {v['depth']} | {v['flops'] / 1e6:.3f} | {v['mean']:.3f} | "
                      + " | ".join(f"{v[k]:.3f}" for k in pk) + " |")
     ratio = "-" if a["saving_ratio"] is None else f"{a['saving_ratio']:.2f}"
-    lines += ["", f"Adaptive ({a['mode']}, lambda {a['lambda']:.4g}, batch 1, {a['inputs']} inputs, alternating "
+    at = f", lambda {a['lambda']:.4g}" if a["lambda"] is not None else ""
+    lines += ["", f"Adaptive ({a['mode']}{at}, batch 1, {a['inputs']} inputs, alternating "
               f"blocks of {BLOCK} with full depth):", "",
               "| | mean ms | median ms | FLOPs % of full |", "|---|---|---|---|",
               f"| full depth | {a['full_ms']['mean']:.3f} | {a['full_ms']['median']:.3f} | 100.0 |",
@@ -207,5 +219,6 @@ def markdown(r: dict) -> str:
               f"{b['full']['inputs_per_s']:.0f} inputs/s, {b['speedup']:.2f}x"
               + (f"; accuracy {b['adaptive']['accuracy'] * 100:.2f} % vs {b['full']['accuracy'] * 100:.2f} %"
                  if b["full"]["accuracy"] is not None else "") + ".", "",
-              "Budget curve: " + ", ".join(f"lambda {p['lambda']:.3g}: {p['mean_ms']:.3f} ms" for p in r["budget_curve"])]
+              "Budget curve: " + (", ".join(f"lambda {p['lambda']:.3g}: {p['mean_ms']:.3f} ms" for p in r["budget_curve"])
+                                  or "none (a fixed mode spends no budget)")]
     return "\n".join(lines)

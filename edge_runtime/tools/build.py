@@ -21,24 +21,28 @@ directory and the manifest gains (or replaces) one entry of its `builds` list (r
             export_val_accuracy, delta_points, torch_agreement, export_torch_agreement, latency_ms,
             export_latency_ms, latency_ratio}], versions, device}]
 
-`open_build(engine, precision)` returns the built graphs, each checked against its sha256, for a Backend.
+The runtime reads a build back with EngineDir.build(backend, precision), which checks its files and stamp.
 """
 import argparse
 import os
 import platform
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.backends import BackendOptions, lazy_import, resolve
+from edge_runtime import backends
 from edge_runtime.core.calibration import DEFAULT_DIR, METHODS, ChainReader, cache_path, read_calibration
-from edge_runtime.tools.check import run_chain
-from edge_runtime.core.engine_dir import EngineDir, GraphSpec, sha256_file, verified_file
+from edge_runtime.core.engine_dir import EngineDir, GraphSpec
 from edge_runtime.core.errors import EdgeError, Exit
-from edge_runtime.core.manifest import MANIFEST, file_ref, need, read_manifest, write_manifest
+from edge_runtime.core.files import sha256_file
+from edge_runtime.core.lazy import lazy_import
+from edge_runtime.core.manifest import read_manifest, write_manifest
+from edge_runtime.core.onnx_files import drop_value_info
+from edge_runtime.runtime import RuntimeOptions
 
 PRECISIONS = {"fp32": "opt", "int8": "int8"}   # precision -> the infix of its files: segment_K.<infix>.onnx
 OPT_LEVELS = ("extended", "basic")
@@ -84,16 +88,6 @@ class BuildOptions:
                    latency_runs=ns.latency_runs, progress=not ns.no_progress)
 
 
-def need_onnx():
-    """onnx reads and writes the built graphs (and onnxruntime.quantization needs it)."""
-    try:
-        import onnx
-    except ImportError:
-        raise EdgeError("onnx | not installed here; edge-infer build needs it (pip install 'onnx>=1.15')",
-                        Exit.NOT_FOUND) from None
-    return onnx
-
-
 def cpu_has_vnni() -> bool:
     """x86 8-bit dot products without saturation (ONNX Runtime's advice on reduce_range)."""
     try:
@@ -109,15 +103,6 @@ def int8_settings() -> dict:
     x86 = platform.machine().lower() in ("x86_64", "amd64", "i686")
     return {"format": "QDQ", "per_channel": True, "weights": "int8",
             "activations": "uint8" if x86 else "int8", "reduce_range": x86 and not cpu_has_vnni()}
-
-
-def drop_value_info(model):
-    """`model` (an onnx ModelProto) without graph.value_info, the shapes inferred for its intermediate
-    tensors. ONNX Runtime infers them again at load; given them, its allocation planner held more
-    activation memory per run (fmnist-vit's 2-layer segment at batch 64: 17.5 MB with, 12.5 MB without),
-    which a chain of segment sessions pays on top of one static graph (benchmarks/memory.py)."""
-    del model.graph.value_info[:]
-    return model
 
 
 def optimize_segment(ort, onnx, src: Path, dst: Path, level: str) -> dict:
@@ -177,101 +162,72 @@ def quantize_segment(onnx, src: Path, dst: Path, feed: dict, method: str, settin
     return hit
 
 
-def calibration_feeds(backend, engine: EngineDir, inputs: dict, batch: int) -> list:
-    """[{input name: array}] per segment: the raw inputs for segment 0, segment k-1's fp32 outputs after."""
-    chain = [s["index"] for s in engine.segments]
+def batches(inputs: dict, batch: int):
     rows = len(next(iter(inputs.values())))
-    parts = [run_chain(backend, engine, chain, {k: v[s:s + batch] for k, v in inputs.items()})
-             for s in range(0, rows, batch)]
-    feeds = []
-    for k, seg in enumerate(engine.segments):
-        feed = {}
-        for i in seg["inputs"]:
-            name = i["name"]
-            feed[name] = (np.concatenate([p[k - 1]["hidden_out"] for p in parts]) if name == "hidden"
-                          else inputs[name])
-        feeds.append(feed)
-    return feeds
-
-
-def predictions(backend, engine: EngineDir, inputs: dict, batch: int) -> np.ndarray:
-    """(N, segments) argmax of every exit: the full chain once per batch scores every variant."""
-    chain = [s["index"] for s in engine.segments]
-    rows = len(next(iter(inputs.values())))
-    out = []
     for s in range(0, rows, batch):
-        outs = run_chain(backend, engine, chain, {k: v[s:s + batch] for k, v in inputs.items()})
-        out.append(np.stack([o["logits"].argmax(-1) for o in outs], 1))
+        yield {k: v[s:s + batch] for k, v in inputs.items()}
+
+
+def calibration_feeds(ex, engine: EngineDir, inputs: dict, batch: int) -> list:
+    """[{input name: array}] per segment: what each segment reads when the fp32 chain runs on `inputs`
+    (the raw inputs for segment 0, segment k-1's outputs after). The ORT executor's handle is the next
+    segment's host feed, which this ORT build tool may read."""
+    parts = [[] for _ in engine.segments]
+    for part in batches(inputs, batch):
+        rows = ex.start(part)
+        for k in range(len(engine.segments)):
+            parts[k].append(rows.feed)
+            rows, _ = ex.segment(k, rows)
+    return [{name: np.concatenate([f[name] for f in fs]) for name in fs[0]} for fs in parts]
+
+
+def predictions(ex, engine: EngineDir, inputs: dict, batch: int) -> np.ndarray:
+    """(N, segments) argmax of every exit: the full chain once per batch, segment by segment."""
+    out = []
+    for part in batches(inputs, batch):
+        handle, preds = ex.start(part), []
+        for k in range(len(engine.segments)):
+            handle, host = ex.segment(k, handle)
+            preds.append(host["logits"].argmax(-1))
+        out.append(np.stack(preds, 1))
     return np.concatenate(out)
 
 
-def chain_seconds(backend, engine: EngineDir, chain: list, inputs: dict) -> float:
-    """Engine time of one pass along `chain` (the sum of each segment's last_latency)."""
-    graphs, prev, total = engine.graphs(), None, 0.0
-    for k in chain:
-        name = f"segment_{k}"
-        feed = {i["name"]: prev["hidden_out"] if i["name"] == "hidden" else inputs[i["name"]]
-                for i in graphs[name].inputs}
-        prev = backend.run_segment(name, feed)
-        total += backend.last_latency
-    return total
-
-
-def batch1_latency(backends: list, engine: EngineDir, inputs: dict, runs: int) -> list:
-    """[{depth: median ms}] per backend; the backends alternate run by run, so load hits both alike."""
+def batch1_latency(executors: list, engine: EngineDir, inputs: dict, runs: int) -> list:
+    """[{depth: median ms}] per executor of one chain call at batch 1; the executors alternate run by run,
+    so load hits both alike."""
     one = {k: np.ascontiguousarray(v[:1]) for k, v in inputs.items()}
-    result = [{} for _ in backends]
+
+    def seconds(ex, d):
+        handle = ex.start(one)
+        t0 = time.perf_counter()
+        ex.chain(0, d, handle)
+        return time.perf_counter() - t0
+
+    result = [{} for _ in executors]
     for v in engine.variants:
-        for b in backends:   # warm up: first runs allocate
+        for ex in executors:   # warm up: first runs allocate
             for _ in range(3):
-                chain_seconds(b, engine, v["chain"], one)
-        times = [[] for _ in backends]
+                seconds(ex, v["exit_index"])
+        times = [[] for _ in executors]
         for _ in range(runs):
-            for t, b in zip(times, backends):
-                t.append(chain_seconds(b, engine, v["chain"], one))
+            for t, ex in zip(times, executors):
+                t.append(seconds(ex, v["exit_index"]))
         for r, t in zip(result, times):
             r[v["depth"]] = float(np.median(t) * 1e3)
     return result
 
 
 def record_build(root, entry: dict) -> dict:
-    """The one writer of `builds`: add `entry` to the manifest (replacing the one of its precision),
-    validate, write to a temp name and rename. Returns the manifest."""
+    """The one writer of `builds`: add `entry` to the manifest, replacing the one of its (backend,
+    precision); validate, write whole. Returns the manifest."""
     root = Path(root)
     manifest = read_manifest(root)
-    builds = [b for b in manifest.get("builds", []) if b.get("precision") != entry["precision"]] + [entry]
-    manifest["builds"] = sorted(builds, key=lambda b: list(PRECISIONS).index(b["precision"])
-                                if b.get("precision") in PRECISIONS else len(PRECISIONS))
+    key = (entry["backend"], entry["precision"])
+    builds = [b for b in manifest.get("builds", []) if (b["backend"], b["precision"]) != key] + [entry]
+    manifest["builds"] = sorted(builds, key=lambda b: (b["backend"], list(PRECISIONS).index(b["precision"])
+                                                       if b["precision"] in PRECISIONS else len(PRECISIONS)))
     return write_manifest(root, manifest)
-
-
-def open_build(engine: EngineDir, precision: str) -> dict:
-    """{"segment_K": GraphSpec} of the engine directory's `precision` build, every file hash-checked.
-
-    Args:
-        engine: an opened EngineDir.
-        precision: fp32 or int8.
-    """
-    builds = engine.manifest.get("builds", [])
-    if not isinstance(builds, list):
-        raise EdgeError(f"{MANIFEST} | builds is not a list", Exit.CORRUPT)
-    found = [(i, b) for i, b in enumerate(builds) if isinstance(b, dict) and b.get("precision") == precision]
-    if not found:
-        raise EdgeError(f"{MANIFEST} | no {precision} build (make one: edge-infer build --engine-dir "
-                        f"{engine.root} --precision {precision})", Exit.NOT_FOUND)
-    at, build = found[0]
-    files = need(build, "files", list, f"builds[{at}].")
-    if len(files) != len(engine.segments):
-        raise EdgeError(f"{MANIFEST} | builds[{at}] lists {len(files)} files for {len(engine.segments)} segments",
-                        Exit.CORRUPT)
-    graphs = {}
-    for seg, ref in zip(engine.segments, files):
-        where = f"builds[{at}].files[{seg['index']}]"
-        file_ref(ref, where + ".")
-        path = verified_file(engine.root, ref, where)
-        name = f"segment_{seg['index']}"
-        graphs[name] = GraphSpec(name, path, seg["inputs"], seg["outputs"])
-    return graphs
 
 
 def write_graphs(engine: EngineDir, tmp: Path, options: BuildOptions, calib, feeds, ort, onnx) -> tuple:
@@ -281,7 +237,7 @@ def write_graphs(engine: EngineDir, tmp: Path, options: BuildOptions, calib, fee
     precision, infix = options.precision, PRECISIONS[options.precision]
     method = options.calib_method or calib.method
     settings = int8_settings()
-    graphs, files, steps, caches = {}, [], [], []
+    graphs, files, steps, caches = [], [], [], []
     for seg in tqdm(engine.segments, desc=f"{precision} build", unit="segment", file=sys.stderr,
                     disable=not options.progress):
         src, dst = engine.file(seg["file"]), tmp / f"segment_{seg['index']}.{infix}.onnx"
@@ -291,8 +247,7 @@ def write_graphs(engine: EngineDir, tmp: Path, options: BuildOptions, calib, fee
             cache = cache_path(calib, method, seg, {**settings, "ort": ort.__version__})
             hit = quantize_segment(onnx, src, dst, feeds[seg["index"]], method, settings, cache, options.calib_batch)
             caches.append({"file": os.path.relpath(cache.resolve()), "reused": hit})
-        name = f"segment_{seg['index']}"
-        graphs[name] = GraphSpec(name, dst, seg["inputs"], seg["outputs"])
+        graphs.append(GraphSpec(f"segment_{seg['index']}", dst, seg["inputs"], seg["outputs"]))
         files.append({"segment": seg["index"], "file": dst.name, "sha256": sha256_file(dst),
                       "bytes": dst.stat().st_size})
     if precision == "fp32":
@@ -326,30 +281,30 @@ def score_variants(engine: EngineDir, base, built, data: dict, options: BuildOpt
 
 
 def build_engines(engine_dir, options: BuildOptions = BuildOptions(),
-                  backend_options: BackendOptions = BackendOptions()) -> dict:
+                  runtime: RuntimeOptions = RuntimeOptions()) -> dict:
     """Build, score and record one precision of an engine directory (module docstring).
 
     Args:
         engine_dir: an exported engine directory; the built files land in it.
         options: precision, calibration list and method, tolerance, optimisation level.
-        backend_options: the backend (onnxruntime) and how its sessions run while scoring.
+        runtime: the backend (onnxruntime) and how its sessions run while scoring.
     Returns:
         The `builds` entry written into the manifest.
     """
     root = Path(engine_dir)
     engine = EngineDir.open(root)
-    backend = resolve(engine.build["backend"] if backend_options.backend == "auto" else backend_options.backend)
+    backend = runtime.backend_for(engine)
     if backend != "onnxruntime":
-        raise EdgeError(f"backend '{backend_options.backend}' | edge-infer build makes onnxruntime builds only "
+        raise EdgeError(f"backend '{runtime.backend}' | edge-infer build makes onnxruntime builds only "
                         f"(TensorRT engines are built on the device by the TensorRT backend)", Exit.BAD_INPUT)
-    onnx = need_onnx()
+    onnx = lazy_import("onnx", extra="runtime", why="edge-infer build")
     ort = lazy_import("onnxruntime", extra="runtime")
     ort.set_default_logger_severity(3)   # the quantizer's calibration sessions would warn on the console
     calib = read_calibration(options.calib or DEFAULT_DIR / f"{engine.name}.txt")
     calib.check_fits(engine.manifest)
     data = calib.arrays(engine.segments[0]["inputs"])
     precision = options.precision
-    base = backend_options.create(engine.graphs(), "onnxruntime")
+    base = backends.create("onnxruntime", engine.graphs(), runtime.threads, runtime.providers)
     tmp = root / f".build-{precision}.tmp-{os.getpid()}"   # nothing enters the directory before it passes
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -357,7 +312,7 @@ def build_engines(engine_dir, options: BuildOptions = BuildOptions(),
         with base:
             feeds = calibration_feeds(base, engine, data["calib"], options.eval_batch) if precision == "int8" else None
             graphs, files, details = write_graphs(engine, tmp, options, calib, feeds, ort, onnx)
-            with backend_options.create(graphs, "onnxruntime") as built:
+            with backends.create("onnxruntime", graphs, runtime.threads, runtime.providers) as built:
                 variants = score_variants(engine, base, built, data, options)
         worst = min(variants, key=lambda r: r["delta_points"])
         if -worst["delta_points"] > options.tolerance:
@@ -372,8 +327,8 @@ def build_engines(engine_dir, options: BuildOptions = BuildOptions(),
                  "validation": {"split": calib.val_split, "samples": int(len(data["val_labels"])), "data": calib.data,
                                 "data_sha256": calib.data_sha256, "against": "the exported fp32 segments, same run"},
                  "latency": {"batch": 1, "runs": options.latency_runs, "statistic": "median engine time of the chain",
-                             "providers": list(backend_options.providers or ("CPUExecutionProvider",)),
-                             "threads": backend_options.threads},
+                             "providers": list(runtime.providers or ("CPUExecutionProvider",)),
+                             "threads": runtime.threads},
                  "tolerance_points": options.tolerance, "variants": variants,
                  "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__,
                               "python": platform.python_version()},

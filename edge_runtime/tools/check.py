@@ -1,8 +1,8 @@
 """`edge-infer check`: every variant of an engine directory, through the runtime, against PyTorch.
 
 Polygraphy's comparator, on the reference batch export stored (reference.npz: test inputs and the
-unfolded checkpoint's logits of every exit). Each variant runs its own chain of segments from the raw
-input, as the runtime does; its exit's logits are compared with PyTorch's, its `conf` output with the
+unfolded checkpoint's logits of every exit), for any build (`--backend`, `--precision`). Each variant
+runs its chain of segments from the raw input in one executor call, as the runtime does; its exit's logits are compared with PyTorch's, its `conf` output with the
 confidence of PyTorch's logits, and segment 0's `features` with the workstation's controller features.
 
 Per output: max / mean / median / p99 of the absolute and the relative error, argmax agreement, and
@@ -12,16 +12,16 @@ Relative error: |got - ref| / |ref|, with |ref| floored at the smallest normal f
 """
 import argparse
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.backends import BackendOptions
 from edge_runtime.core.engine_dir import EngineDir
 from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.features import confidence
+from edge_runtime.core.files import write_atomic
+from edge_runtime.runtime import RuntimeOptions
 
 STATS = ("max", "mean", "median", "p99")
 
@@ -67,31 +67,18 @@ def error_stats(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float, argm
     return out
 
 
-def run_chain(backend, engine: EngineDir, chain: list, inputs: dict) -> list:
-    """Every segment's outputs along `chain`, starting from the raw inputs (a copy of each)."""
-    graphs, outs, prev = engine.graphs(), [], None
-    for k in chain:
-        name = f"segment_{k}"
-        # segment k + 1 reads segment k's hidden_out as `hidden`; other inputs (the mask) come from the batch
-        feed = {i["name"]: prev["hidden_out"] if i["name"] == "hidden" else inputs[i["name"]]
-                for i in graphs[name].inputs}
-        prev = {key: np.array(v) for key, v in backend.run_segment(name, feed).items()}
-        outs.append(prev)
-    return outs
-
-
-def check_engines(engine: EngineDir, backend_options: BackendOptions = BackendOptions(),
+def check_engines(engine: EngineDir, runtime: RuntimeOptions = RuntimeOptions(),
                   options: CheckOptions = CheckOptions(), on_result=None) -> dict:
     """Compare every variant's logits and conf, and segment 0's controller features, with the stored
-    PyTorch outputs.
+    PyTorch outputs, through the executor of the build `runtime` selects (any backend, any precision).
 
     Args:
         engine: an opened EngineDir.
-        backend_options: which backend runs the segments, and how.
+        runtime: which build and backend run the segments, and how.
         options: tolerances and fail-fast.
         on_result: called with each result row as it is ready (the CLI prints it).
     Returns:
-        {engine, backend, providers, atol, rtol, samples, results: [{depth, chain, output, ...stats}], passed}.
+        {engine, build, executor, atol, rtol, samples, results: [{depth, chain, output, ...stats}], passed}.
     """
     ref = engine.reference()
     first = engine.segments[0]["inputs"]
@@ -107,28 +94,31 @@ def check_engines(engine: EngineDir, backend_options: BackendOptions = BackendOp
             on_result(row)
         return options.fail_fast and not row["passed"]
 
-    backend = backend_options.create(engine.graphs(), engine.build["backend"])
-    with backend:
+    executor, built = runtime.executor(engine)
+    with executor:
         stop = False
         for v in engine.variants:
-            outs = run_chain(backend, engine, v["chain"], inputs)
-            got, want = outs[-1]["logits"], ref["logits"][:, v["exit_index"]]
+            k = v["exit_index"]
+            got = executor.chain(0, k, executor.start(inputs))   # the path fixed, full and oneshot serve
+            want = ref["logits"][:, k]
             if stop := add({"depth": v["depth"], "chain": v["chain"], "output": "logits",
-                            **error_stats(got, want, options.atol, options.rtol)}):
+                            **error_stats(got["logits"], want, options.atol, options.rtol)}):
                 break
             if stop := add({"depth": v["depth"], "chain": v["chain"], "output": "conf",
-                            **error_stats(outs[-1]["conf"], confidence(want), options.atol, options.rtol,
+                            **error_stats(got["conf"], confidence(want), options.atol, options.rtol,
                                           argmax=False)}):
                 break
-            if v["exit_index"] == 0:
+            if k == 0:
+                _, host = executor.segment(0, executor.start(inputs))
                 if stop := add({"depth": v["depth"], "chain": [0], "output": "features",
-                                **error_stats(outs[0]["features"], ref["features"], options.atol, options.rtol,
+                                **error_stats(host["features"], ref["features"], options.atol, options.rtol,
                                               argmax=False)}):
                     break
-        providers = getattr(backend, "active_providers", [])
-    return {"engine": engine.name, "engine_dir": str(engine.root), "backend": backend.name, "providers": providers,
-            "atol": options.atol, "rtol": options.rtol, "samples": int(len(ref["logits"])), "stopped_early": stop,
-            "results": results, "passed": all(r["passed"] for r in results)}
+        where = executor.describe()
+    return {"engine": engine.name, "engine_dir": str(engine.root), "build": built.label, "backend": built.backend,
+            "precision": built.precision, "executor": where, "atol": options.atol, "rtol": options.rtol,
+            "samples": int(len(ref["logits"])), "stopped_early": stop, "results": results,
+            "passed": all(r["passed"] for r in results)}
 
 
 HEADER = (f"{'depth':>5}  {'chain':<10} {'output':<10}" + "".join(f" {s + ' abs':>10}" for s in STATS)
@@ -145,8 +135,5 @@ def result_line(r: dict) -> str:
 
 
 def write_report(report: dict, path) -> None:
-    """JSON, written to a temp name and renamed: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    """JSON, whole or not at all."""
+    write_atomic(Path(path), json.dumps(report, indent=2) + "\n")

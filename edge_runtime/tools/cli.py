@@ -8,20 +8,20 @@ from edge_runtime.core.errors import EdgeError, Exit
 
 
 def cmd_check(args) -> int:
-    from edge_runtime.backends import BackendOptions
-    from edge_runtime.tools.check import HEADER, CheckOptions, check_engines, result_line, write_report
     from edge_runtime.core.engine_dir import EngineDir
-    options, backend = CheckOptions.from_args(args), BackendOptions.from_args(args)
+    from edge_runtime.runtime import RuntimeOptions
+    from edge_runtime.tools.check import HEADER, CheckOptions, check_engines, result_line, write_report
+    options, runtime = CheckOptions.from_args(args), RuntimeOptions.from_args(args)
     engine = EngineDir.open(args.engine_dir)
     print(f"check {engine.name} ({args.engine_dir}): {len(engine.variants)} variants against PyTorch on the "
           f"reference batch, atol {options.atol:g}, rtol {options.rtol:g}")
     print(HEADER, flush=True)
-    report = check_engines(engine, backend, options, on_result=lambda r: print(result_line(r), flush=True))
+    report = check_engines(engine, runtime, options, on_result=lambda r: print(result_line(r), flush=True))
     if args.json:
         write_report(report, args.json)
     rows, failed = report["results"], [r for r in report["results"] if not r["passed"]]
     print(f"{'FAIL' if failed else 'PASS'}: {len(rows) - len(failed)} of {len(rows)} outputs within tolerance "
-          f"({report['samples']} inputs, {report['backend']} on {', '.join(report['providers']) or 'default'})"
+          f"({report['samples']} inputs, {report['build']} on {report['executor']})"
           + (", stopped at the first failure" if report["stopped_early"] else ""))
     if failed:
         # the engines do not reproduce their model
@@ -33,28 +33,27 @@ def cmd_check(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from edge_runtime.backends import BackendOptions
+    from edge_runtime.runtime import RuntimeOptions
     from edge_runtime.tools.build import BuildOptions, build_engines, build_summary
-    options, backend = BuildOptions.from_args(args), BackendOptions.from_args(args)
+    options, runtime = BuildOptions.from_args(args), RuntimeOptions.from_args(args)
     print(f"build {args.engine_dir}: onnxruntime {options.precision}, scored against the exported segments, "
           f"tolerance {options.tolerance:g} points", flush=True)
-    entry = build_engines(args.engine_dir, options, backend)
+    entry = build_engines(args.engine_dir, options, runtime)
     print(build_summary(entry, args.engine_dir))
     return Exit.OK
 
 
 def cmd_info(args) -> int:
     from edge_runtime.core.engine_dir import EngineDir, describe
-    # the build stamp is reported, not enforced: info is how one finds out why check refuses
-    print(describe(EngineDir.open(args.engine_dir, check_build=False)))
+    # every build's stamp is reported, not enforced: info is how one finds out why run or check refuses
+    print(describe(EngineDir.open(args.engine_dir)))
     return Exit.OK
 
 
-def open_runtime(args):
-    from edge_runtime.runtime import Runtime
-    return Runtime.open(args.engine_dir, backend=args.backend, mode=args.mode, budget=args.budget,
-                        precision=args.precision, threads=args.threads or 1,   # 1: predictable latency
-                        providers=[p.strip() for p in args.providers.split(",") if p.strip()])
+def open_runtime(args, deadline: bool = False):
+    from edge_runtime.runtime import Runtime, RuntimeOptions
+    return Runtime.open(args.engine_dir, mode=args.mode, budget=args.budget, options=RuntimeOptions.from_args(args),
+                        deadline_ms=(args.deadline_ms or None) if deadline else None)
 
 
 def cmd_run(args) -> int:
@@ -62,10 +61,11 @@ def cmd_run(args) -> int:
     import logging
     from pathlib import Path
 
+    from edge_runtime.core.stats import summary_text
     from edge_runtime.io.sinks import JsonLines, open_output
     from edge_runtime.io.sources import SourceOptions, open_source
-    from edge_runtime.tools.stream import StreamOptions, run_stream, summary_text
     from edge_runtime.io.telemetry import Telemetry
+    from edge_runtime.tools.stream import StreamOptions, run_stream
     logging.basicConfig(level=args.log_level.upper(), format="edge-infer: %(message)s")
     log = logging.getLogger("edge-infer")
     if not 0.0 <= args.shadow <= 1.0:
@@ -73,7 +73,7 @@ def cmd_run(args) -> int:
     if args.max_frames < 0 or args.deadline_ms < 0:
         raise EdgeError("--max-frames and --deadline-ms | must be >= 0", Exit.BAD_INPUT)
     sinks, telemetry, source = [], None, None
-    with open_runtime(args) as rt:
+    with open_runtime(args, deadline=True) as rt:
         text = rt.text
         options = SourceOptions(args.input_width, args.input_height, args.input_rate, args.input_loop)
         source = open_source(args.input, options, text=text)
@@ -93,12 +93,9 @@ def cmd_run(args) -> int:
                 sinks.append(JsonLines(args.json))
             if args.telemetry != "none":
                 telemetry = Telemetry(args.telemetry_interval, args.telemetry).start()
-            print(f"{rt.engine.name}: {rt.mode} mode, lambda {rt.budget_for(rt.mode):.4g}"
-                  + (f", deadline {args.deadline_ms:g} ms" if args.deadline_ms else "")
-                  + f", {rt.graphs_label} on {rt.backend.name}; input {source.uri}"
+            print(f"{rt.engine.name}: {rt.describe()}; input {source.uri}"
                   + (f"; {telemetry.describe()}" if telemetry else ""), flush=True)
-            stream = StreamOptions(args.max_frames, args.quiet, args.summary_every, args.shadow, args.deadline_ms,
-                                   args.budget)
+            stream = StreamOptions(args.max_frames, args.quiet, args.summary_every, args.shadow)
             summary = run_stream(rt, source, sinks, stream, telemetry)
         finally:
             if telemetry:
@@ -122,12 +119,11 @@ def cmd_run(args) -> int:
 def cmd_bench(args) -> int:
     from pathlib import Path
 
-    from edge_runtime.tools.bench import BenchOptions, bench, markdown, store
     from edge_runtime.io.report import write_json_md
+    from edge_runtime.tools.bench import BenchOptions, bench, markdown, store
     options = BenchOptions.from_args(args)
     with open_runtime(args) as rt:
-        print(f"bench {rt.engine.name}: {rt.graphs_label} on {rt.backend.name}, "
-              f"{rt.backend.intra_op_num_threads} thread(s)", flush=True)
+        print(f"bench {rt.engine.name}: {rt.describe()}", flush=True)
         result = bench(rt, options, say=print if options.progress else (lambda *a, **k: None))
         if options.store:
             store(rt, result)
@@ -139,45 +135,45 @@ def cmd_bench(args) -> int:
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    from edge_runtime.backends import BackendOptions
     from edge_runtime.core.controller import MODES
+    from edge_runtime.runtime import RuntimeOptions
     p.add_argument("--engine-dir", required=True, metavar="DIR")
     g = p.add_argument_group("controller")
     g.add_argument("--mode", default="progressive", help=f"{', '.join(MODES)} (default progressive)")
     g.add_argument("--budget", type=float, default=None, metavar="LAMBDA",
-                   help="the price of compute (default: the lambda chosen on validation for the mode)")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
-                   help="fp32 (the optimised build when there is one) or int8 (needs edge-infer build)")
-    BackendOptions.add_args(p)
+                   help="the price of compute, >= 0 (default: the lambda chosen on validation for the mode)")
+    RuntimeOptions.add_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge_runtime.backends import BackendOptions
+    from edge_runtime.runtime import RuntimeOptions
     from edge_runtime.tools.build import BuildOptions
     from edge_runtime.tools.check import CheckOptions
-    p = argparse.ArgumentParser(prog="edge-infer", description="Adaptive-depth inference on the device.")
+    p = argparse.ArgumentParser(prog="edge-infer", description="Adaptive-depth inference on the device.",
+                                allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"edge-infer {__version__}")
     p.add_argument("--traceback", action="store_true", help="show the full traceback of a user error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    c = sub.add_parser("check", help="run every variant and compare it with PyTorch (Polygraphy-style)")
+    c = sub.add_parser("check", allow_abbrev=False, help="run every variant and compare it with PyTorch (Polygraphy-style)")
     c.add_argument("--engine-dir", required=True, metavar="DIR")
     CheckOptions.add_args(c)
-    BackendOptions.add_args(c)
+    RuntimeOptions.add_args(c)
     c.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     c.set_defaults(func=cmd_check)
-    b = sub.add_parser("build", help="ONNX Runtime builds: optimised fp32 or INT8 (QDQ), scored and recorded")
+    b = sub.add_parser("build", allow_abbrev=False, help="ONNX Runtime builds: optimised fp32 or INT8 (QDQ), scored and recorded")
     b.add_argument("--engine-dir", required=True, metavar="DIR")
     BuildOptions.add_args(b)
-    BackendOptions.add_args(b)
+    RuntimeOptions.add_args(b, precision=False)   # build's --precision is the one it makes
     b.set_defaults(func=cmd_build)
-    r = sub.add_parser("run", help="adaptive inference on a stream: edge-infer [run] INPUT [OUTPUT] --engine-dir DIR",
+    r = sub.add_parser("run", allow_abbrev=False, help="adaptive inference on a stream: edge-infer [run] INPUT [OUTPUT] --engine-dir DIR",
                        description="Sources: dataset://NAME/SPLIT[?limit=N], csi://N, /dev/videoN, v4l2://N, cameraN, "
                        "rtsp://..., video and image files, directories; for text models a text file or -.")
     r.add_argument("input", metavar="INPUT")
     r.add_argument("output", nargs="?", default=None, metavar="OUTPUT", help="display://N or a video file")
     add_runtime_args(r)
     r.add_argument("--deadline-ms", type=float, default=0.0, metavar="MS",
-                   help="pick lambda per frame to fit this latency (needs edge-infer bench first)")
+                   help="pick lambda per frame to fit this latency (needs edge-infer bench first; "
+                        "not with --budget)")
     r.add_argument("--shadow", type=float, default=0.0, metavar="P",
                    help="run a fraction P of frames at full depth too, and report how often the answers differ")
     g = r.add_argument_group("input")
@@ -197,12 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--telemetry", default="auto", choices=("auto", "jtop", "nvml", "system", "none"))
     g.add_argument("--telemetry-interval", type=float, default=0.5, metavar="S")
     r.set_defaults(func=cmd_run)
-    bn = sub.add_parser("bench", help="latency per variant, adaptive vs full, controller overhead, throughput")
+    bn = sub.add_parser("bench", allow_abbrev=False, help="latency per variant, adaptive vs full, controller overhead, throughput")
     add_runtime_args(bn)
     from edge_runtime.tools.bench import BenchOptions
     BenchOptions.add_args(bn)
     bn.set_defaults(func=cmd_bench)
-    i = sub.add_parser("info", help="manifest summary, provenance, variants, and whether the build fits here")
+    i = sub.add_parser("info", allow_abbrev=False, help="manifest summary, provenance, variants, and whether the build fits here")
     i.add_argument("--engine-dir", required=True, metavar="DIR")
     i.set_defaults(func=cmd_info)
     return p

@@ -1,0 +1,162 @@
+"""One statistics object for a runtime, whoever drives it (the API, `edge-infer run`, bench, the C API).
+
+Running sums plus a fixed-size reservoir for percentiles, so memory stays flat however long it serves
+(benchmarks/soak.py). The stages are one fixed list; the runtime times preprocess, segments, controller
+and postprocess around its own calls, a stream adds capture and its sinks' time (postprocess), the
+frames its source met, labels, shadow runs and energy. `summary()` is what `rt.stats()` returns and what
+`edge-infer run` prints: one source for both.
+"""
+import time
+from collections import Counter
+
+import numpy as np
+
+STAGES = ("capture", "preprocess", "segments", "controller", "postprocess")
+NETWORK = ("segments", "controller")   # "network" time: the engines and the decisions, nothing else
+RESERVOIR = 4096
+
+
+class Reservoir:
+    """A uniform sample of at most `size` values from a stream of any length (Vitter's algorithm R)."""
+
+    def __init__(self, size: int = RESERVOIR, seed: int = 0):
+        self.values = np.zeros(size, np.float64)
+        self.n, self.rng = 0, np.random.default_rng(seed)
+
+    def add(self, v: float) -> None:
+        if self.n < len(self.values):
+            self.values[self.n] = v
+        else:
+            j = self.rng.integers(0, self.n + 1)
+            if j < len(self.values):
+                self.values[j] = v
+        self.n += 1
+
+    def percentiles(self, qs=(50, 90, 99)) -> dict:
+        vals = self.values[:min(self.n, len(self.values))]
+        return {f"p{q}": float(np.percentile(vals, q)) if len(vals) else None for q in qs}
+
+
+class Stats:
+    """Counters since the runtime opened. Times are in ms; a batch's time is shared by its rows."""
+
+    def __init__(self, depths: list, chain_flops: np.ndarray):
+        self.depths, self.chain_flops = list(depths), chain_flops
+        self.full_flops = int(chain_flops[-1])
+        self.inputs = self.calls = 0
+        self.ms = dict.fromkeys(STAGES, 0.0)
+        self.hist = np.zeros(len(depths), np.int64)
+        self.flops = 0
+        self.network = Reservoir()
+        self.labelled = self.correct = 0
+        self.shadow_frames = self.shadow_differ = 0
+        self.shadow_ms = 0.0
+        self.energy_j, self.energy_frames = 0.0, 0
+        self.source_captured, self.source_dropped = None, Counter()
+        self.dropped = Counter()
+        self.full_ms_stored = None        # full-depth latency bench measured for this build, if any
+        self.start = self.end = None
+
+    # --- what the runtime records, per call
+    def add_call(self, exits: np.ndarray, ms: dict) -> None:
+        n = len(exits)
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = now
+        self.end = now
+        self.inputs += n
+        self.calls += 1
+        self.hist += np.bincount(exits, minlength=len(self.hist))
+        self.flops += int(self.chain_flops[exits].sum())
+        for k, v in ms.items():
+            self.ms[k] += v
+        per_row = sum(ms[k] for k in NETWORK) / n
+        for _ in range(n):
+            self.network.add(per_row)
+
+    # --- what a stream adds
+    def add_stage(self, stage: str, ms: float) -> None:
+        self.ms[stage] += ms
+
+    def add_label(self, predicted: int, label) -> None:
+        if label is not None:
+            self.labelled += 1
+            self.correct += int(predicted == label)
+
+    def add_shadow(self, full_ms: float, differs: bool) -> None:
+        self.shadow_frames += 1
+        self.shadow_ms += full_ms
+        self.shadow_differ += int(differs)
+
+    def add_energy(self, mj: float) -> None:
+        self.energy_j += mj / 1e3
+        self.energy_frames += 1
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+
+    def set_source(self, captured: int, dropped: Counter) -> None:
+        """The source's own count of the frames it met (handed on or lost there). Counted apart from the
+        pipeline's, so a frame lost between them shows as captured != processed + dropped."""
+        self.source_captured, self.source_dropped = captured, Counter(dropped)
+
+    def summary(self) -> dict:
+        n = max(self.inputs, 1)
+        network_ms = sum(self.ms[k] for k in NETWORK) / n
+        wall = (self.end - self.start) if self.start is not None else 0.0
+        if self.shadow_frames:
+            full_ms, full_from = self.shadow_ms / self.shadow_frames, "shadow frames, this run"
+        elif self.full_ms_stored:
+            full_ms, full_from = self.full_ms_stored, "edge-infer bench (manifest)"
+        else:
+            full_ms, full_from = None, None
+        mean_flops = self.flops / n
+        dropped = self.source_dropped + self.dropped
+        captured = self.source_captured if self.source_captured is not None else self.inputs + sum(dropped.values())
+        return {
+            "frames": {"captured": captured, "processed": self.inputs, "dropped": sum(dropped.values()),
+                       "dropped_by_reason": dict(dropped)},
+            "calls": self.calls,
+            "network_fps": 1e3 / network_ms if network_ms > 0 else None,
+            "pipeline_fps": (self.inputs - 1) / wall if wall > 0 and self.inputs > 1 else None,
+            "ms_per_frame": {k: v / n for k, v in self.ms.items()},
+            "network_ms": {"mean": network_ms, **self.network.percentiles()},
+            "depth_histogram": {str(d): int(c) for d, c in zip(self.depths, self.hist)},
+            "mean_flops": mean_flops, "flops_fraction": mean_flops / self.full_flops,
+            "flops_speedup": self.full_flops / mean_flops if mean_flops else None,
+            "full_depth_network_ms": full_ms, "full_depth_from": full_from,
+            "realized_speedup": full_ms / network_ms if full_ms and network_ms else None,
+            "accuracy": self.correct / self.labelled if self.labelled else None,
+            "shadow": {"frames": self.shadow_frames, "differ": self.shadow_differ,
+                       "differ_rate": self.shadow_differ / self.shadow_frames if self.shadow_frames else None},
+            "energy_mj_per_frame": 1e3 * self.energy_j / self.energy_frames if self.energy_frames else None,
+        }
+
+
+def summary_text(s: dict) -> str:
+    """The summary as the terminal shows it."""
+    f = s["frames"]
+    drops = ", ".join(f"{r}: {c}" for r, c in f["dropped_by_reason"].items())
+    fmt = (lambda v, spec: "-" if v is None else format(v, spec))   # noqa: E731
+    stages = "  ".join(f"{k} {v:.3f}" for k, v in s["ms_per_frame"].items())
+    lines = [
+        f"frames      {f['captured']} captured = {f['processed']} processed + {f['dropped']} dropped"
+        + (f" ({drops})" if drops else ""),
+        f"fps         network {fmt(s['network_fps'], '.1f')}, pipeline {fmt(s['pipeline_fps'], '.1f')}",
+        f"ms/frame    {stages}",
+        f"network ms  mean {s['network_ms']['mean']:.3f}, p50 {fmt(s['network_ms']['p50'], '.3f')}, "
+        f"p90 {fmt(s['network_ms']['p90'], '.3f')}, p99 {fmt(s['network_ms']['p99'], '.3f')}",
+        "depths      " + "  ".join(f"{d}:{c}" for d, c in s["depth_histogram"].items()),
+        f"FLOPs       {s['flops_fraction'] * 100:.1f} % of full depth (speedup {fmt(s['flops_speedup'], '.2f')}x); "
+        f"realized speedup {fmt(s['realized_speedup'], '.2f')}x"
+        + (f" against full depth from {s['full_depth_from']}" if s["full_depth_from"] else
+           " (full-depth latency unknown: run edge-infer bench or --shadow)"),
+    ]
+    if s["accuracy"] is not None:
+        lines.append(f"accuracy    {s['accuracy'] * 100:.2f} % on the labelled frames")
+    if s["shadow"]["frames"]:
+        lines.append(f"shadow      {s['shadow']['frames']} frames at full depth, the adaptive answer differs on "
+                     f"{s['shadow']['differ']} ({s['shadow']['differ_rate'] * 100:.2f} %)")
+    if s["energy_mj_per_frame"] is not None:
+        lines.append(f"energy      {s['energy_mj_per_frame']:.2f} mJ per frame")
+    return "\n".join(lines)
