@@ -11,8 +11,9 @@ from edge_model.inputs import make_inputs
 
 
 @torch.no_grad()
-def collect_exits(model, inputs, batch_size: int = 256, progress: bool = False) -> dict:
-    """One pass over a split through every exit, in the segment API the export uses.
+def collect_exits(model, inputs, batch_size: int = 256, progress: bool = False, device: str = "cpu") -> dict:
+    """One pass over a split through every exit, in the segment API the export uses, on `device` (the
+    model's; training evaluates on its GPU).
 
     Returns logits (N, exits, classes), first_pooled (N, width): the first exit's normalised pooled
     vector, and input_stats (N, 3): edge_runtime.core.features' input statistics. Text is batched by length
@@ -27,14 +28,16 @@ def collect_exits(model, inputs, batch_size: int = 256, progress: bool = False) 
     for s in tqdm(range(0, n, batch_size), desc="exits", disable=not progress, leave=False):
         idx = order[s:s + batch_size]
         x, mask, _ = inputs.batch(idx)
-        bias, keep = model.attention_inputs(mask)
-        h, logits, pooled = model.embed(x), [], []
+        on = (lambda t: t if t is None or device == "cpu" else t.to(device))   # noqa: E731
+        bias, keep = model.attention_inputs(on(mask))
+        h, logits, pooled = model.embed(on(x)), [], []
         for k in range(len(model.exits)):
             h = model.run_segment(h, k, bias)
             pooled.append(model.heads[k].features(h, keep))
             logits.append(model.heads[k].head(pooled[-1]))
         stats = image_stats(x.numpy()) if mask is None else text_stats(mask.numpy(), model.cfg.max_len)
-        batch = {"logits": torch.stack(logits, 1).numpy(), "first_pooled": pooled[0].numpy(), "input_stats": stats}
+        batch = {"logits": torch.stack(logits, 1).cpu().numpy(), "first_pooled": pooled[0].cpu().numpy(),
+                 "input_stats": stats}
         for key, value in batch.items():
             out.setdefault(key, np.empty((n,) + value.shape[1:], np.float32))[idx] = value
     model.train(was_training)

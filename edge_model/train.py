@@ -1,4 +1,5 @@
-"""Multi-exit training with dual-path distillation. Runs alone or under torchrun (DDP) unchanged.
+"""Multi-exit training with dual-path distillation. Runs alone or under torchrun (DDP) unchanged,
+on the GPU when there is one (under torchrun: GPU LOCAL_RANK, one per process), else on the CPU.
 
 loss = CE(final exit) + sum over shallow exits k of w_k [(1 - a) CE(exit k) + a T^2 KL(final/T || exit k/T)]
 The full-depth path is the teacher (detached), so the shallow exits learn from it, not it from them.
@@ -20,6 +21,9 @@ from edge_model.data import load_dataset
 from edge_model.inputs import augment, copy_tokenizer, make_inputs, make_preprocess
 from edge_model.presets import create_model, get_preset
 from edge_runtime.core.errors import EdgeError
+
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -47,6 +51,7 @@ class TrainConfig:
     augment: bool = True          # images: random shift by 2 px and horizontal flip
     freeze_embeddings: bool = False   # text: keep the 30522 x 384 word embeddings fixed (12M fewer to update)
     threads: int = 0              # torch intra-op threads; 0 = torch's default
+    device: str = "auto"          # where training runs (not the edge device): "auto" (cuda if any), "cpu", "cuda"
     max_minutes: float = 0.0      # stop early after this long (0 = run every epoch)
 
     def __post_init__(self):
@@ -54,6 +59,8 @@ class TrainConfig:
             raise EdgeError(f"exit_loss '{self.exit_loss}' | expected 'multi' or 'final'")
         if self.exit_weights not in ("uniform", "depth"):
             raise EdgeError(f"exit_weights '{self.exit_weights}' | expected 'uniform' or 'depth'")
+        if self.device not in DEVICES:
+            raise EdgeError(f"device '{self.device}' | expected 'auto', 'cpu' or 'cuda'")
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise EdgeError("train config | epochs, batch_size and lr must be positive")
 
@@ -100,14 +107,39 @@ class ExitsForward(nn.Module):
         return self.model.forward_exits(x, mask) if self.all_exits else [self.model(x, mask)]
 
 
-def setup_distributed():
-    """(rank, world size). torchrun sets WORLD_SIZE; gloo on CPU, nccl on GPUs."""
+def pick_device(requested: str, cuda_available: bool, local_rank=None, gpu_count=None) -> tuple:
+    """(torch device, DDP backend) for cfg.device: "cuda:LOCAL_RANK" under torchrun (one GPU per process),
+    "cuda" alone, with nccl; "cpu" with gloo. gpu_count (when known) catches more processes than GPUs."""
+    if requested not in DEVICES:
+        raise EdgeError(f"device '{requested}' | expected 'auto', 'cpu' or 'cuda'")
+    if requested == "cpu" or (requested == "auto" and not cuda_available):
+        return "cpu", "gloo"
+    if not cuda_available:
+        raise EdgeError("device 'cuda' | torch sees no CUDA GPU here; use --device cpu (or auto)")
+    if local_rank is None:
+        return "cuda", "nccl"
+    if gpu_count is not None and local_rank >= gpu_count:
+        raise EdgeError(f"LOCAL_RANK {local_rank} | only {gpu_count} CUDA GPU(s) visible: "
+                        "start at most one process per GPU (torchrun --nproc-per-node)")
+    return f"cuda:{local_rank}", "nccl"
+
+
+def setup_distributed(backend: str = "gloo"):
+    """(rank, world size). torchrun sets WORLD_SIZE; backend from pick_device (gloo on CPU, nccl on GPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
     import torch.distributed as dist
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend)
     return dist.get_rank(), world
+
+
+def to_device(t, device: str):
+    """A batch tensor on `device`; None (an image batch's mask) stays None, and on the CPU it is `t` itself.
+    For CUDA the host copy is pinned first so the transfer can run asynchronously (non_blocking)."""
+    if t is None or device == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def optimizer_for(model, cfg: TrainConfig):
@@ -130,7 +162,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     from edge_model.evaluate import collect_exits, exit_accuracy
     from edge_model.models.text import minilm_dir
-    rank, world = setup_distributed()
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None   # set by torchrun
+    device, backend = pick_device(cfg.device, torch.cuda.is_available(), local_rank, torch.cuda.device_count())
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)   # before the process group: nccl binds each rank to this GPU
+    rank, world = setup_distributed(backend)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     spec = get_preset(cfg.preset)
@@ -145,9 +181,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     train_in, val_in = make_inputs(data, "train", pre, tok), make_inputs(data, "val", pre, tok)
 
     weights = shallow_weights(model.exits, cfg.exit_weights)
+    # built (and seeded) on the CPU, then moved, so every device starts from the same weights; moved before
+    # DDP wraps it and before the optimizer sees its parameters
+    model.to(device)
     net = ExitsForward(model, cfg.exit_loss == "multi")
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(net, find_unused_parameters=cfg.exit_loss == "final")
+        ids = None if device == "cpu" else [torch.cuda.current_device()]   # the GPU set above, LOCAL_RANK's
+        net = nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=cfg.exit_loss == "final")
     sampler = DistributedSampler(range(len(train_in)), num_replicas=world, rank=rank, shuffle=True,
                                  seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // cfg.batch_size
@@ -157,7 +197,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     is_main = rank == 0
     if is_main:
         print(f"train {cfg.preset}: {model.num_params() / 1e6:.2f}M params, exits {list(model.exits)}, "
-              f"{len(train_in)} train / {len(val_in)} val, {total} steps, world {world}", flush=True)
+              f"{len(train_in)} train / {len(val_in)} val, {total} steps, world {world}, device {device}",
+              flush=True)
     log, step, start = [], 0, time.time()
     for epoch in range(math.ceil(cfg.epochs)):
         sampler.set_epoch(epoch)
@@ -171,7 +212,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 break
             x, mask, y = train_in.batch(idx)
             if cfg.augment and pre["kind"] == "image":
-                x = augment(x, gen)
+                x = augment(x, gen)   # on the CPU, with the CPU generator: the same shifts on every device
+            x, mask, y = to_device(x, device), to_device(mask, device), to_device(y, device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, warmup, cfg)
             loss = multi_exit_loss(net(x, mask), y, cfg, weights)
@@ -185,14 +227,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.close()
         elapsed = time.time() - start
         if is_main:
-            val_acc = exit_accuracy(collect_exits(model, val_in)["logits"], val_in.y.numpy())
+            val_acc = exit_accuracy(collect_exits(model, val_in, device=device)["logits"], val_in.y.numpy())
             log.append({"epoch": epoch + 1, "step": step, "loss": loss_sum / max(seen, 1),
                         "val_exit_accuracy": val_acc, "elapsed_s": round(elapsed, 1)})
             print(f"epoch {epoch + 1}: loss {loss_sum / max(seen, 1):.4f}  val acc by exit "
                   + " ".join(f"{a * 100:.1f}" for a in val_acc) + f"  ({elapsed / 60:.1f} min)", flush=True)
-        if stop_now(cfg, elapsed, world) or step >= total:
+        if stop_now(cfg, elapsed, world, device) or step >= total:
             break
 
+    model.cpu()   # the digest hashes host bytes and safetensors writes CPU tensors only (no-op on the CPU)
     digest = param_digest(model)
     print(f"rank {rank} param sha256 {digest}", flush=True)
     if is_main:
@@ -201,8 +244,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                         {"preset": cfg.preset, "train": asdict(cfg), "param_sha256": digest})
         if tok is not None:
             copy_tokenizer(tok.parent, out)
-        write_json(out / "train_log.json", {"preset": cfg.preset, "world_size": world, "epochs": log,
-                                            "train_seconds": round(time.time() - start, 1),
+        write_json(out / "train_log.json", {"preset": cfg.preset, "world_size": world, "device": device,
+                                            "epochs": log, "train_seconds": round(time.time() - start, 1),
                                             "param_sha256": digest})
         print(f"checkpoint written to {out}", flush=True)
     if world > 1:
@@ -212,9 +255,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     return out
 
 
-def stop_now(cfg: TrainConfig, elapsed: float, world: int) -> bool:
+def stop_now(cfg: TrainConfig, elapsed: float, world: int, device: str = "cpu") -> bool:
     """The time budget, decided by rank 0 so every rank stops after the same epoch."""
-    flag = torch.tensor([1.0 if cfg.max_minutes and elapsed > cfg.max_minutes * 60 else 0.0])
+    # on the training device: nccl broadcasts CUDA tensors only
+    flag = torch.tensor([1.0 if cfg.max_minutes and elapsed > cfg.max_minutes * 60 else 0.0], device=device)
     if world > 1:
         import torch.distributed as dist
         dist.broadcast(flag, 0)

@@ -6,14 +6,21 @@ import socket
 import subprocess
 import sys
 
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 import torch
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
+from edge_model import train as train_mod
 from edge_model.checkpoint import load_checkpoint, param_digest
+from edge_model.evaluate import collect_exits, evaluate
+from edge_model.inputs import TextInputs
 from edge_model.presets import create_model
-from edge_model.train import config_from, multi_exit_loss, shallow_weights, train
-from edge_runtime.core.errors import Exit
+from edge_model.train import (config_from, multi_exit_loss, pick_device, shallow_weights,
+                              to_device, train)
+from edge_runtime.core.errors import EdgeError, Exit
 
 
 def test_checkpoint_loads_with_its_digest(digits_ckpt):
@@ -115,3 +122,62 @@ def test_ddp_two_processes_agree(tmp_path):
     assert config["train"]["epochs"] == 2.0
     assert [e["step"] for e in log["epochs"]] == [per_epoch, 2 * per_epoch]
     assert np.isfinite([e["loss"] for e in log["epochs"]]).all()
+
+
+def test_pick_device():
+    # (requested, CUDA available, LOCAL_RANK or None alone, GPUs) -> (torch device, DDP backend)
+    assert pick_device("auto", False, None, 0) == ("cpu", "gloo")
+    assert pick_device("auto", False, 1, 0) == ("cpu", "gloo")            # torchrun on a CPU machine
+    assert pick_device("auto", True, None, 1) == ("cuda", "nccl")
+    assert pick_device("auto", True, 1, 2) == ("cuda:1", "nccl")          # torchrun: one GPU per process
+    assert pick_device("cuda", True, 0, 2) == ("cuda:0", "nccl")
+    assert pick_device("cpu", True, 1, 2) == ("cpu", "gloo")              # forced CPU beside GPUs: gloo
+    for args, words in ((("cuda", False, None, 0), ("device 'cuda'", "no CUDA")),
+                        (("cuda", False, 1, 0), ("device 'cuda'", "no CUDA")),
+                        (("auto", True, 2, 2), ("LOCAL_RANK 2", "2 CUDA GPU")),
+                        (("gpu", True, None, 1), ("device 'gpu'", "'auto', 'cpu' or 'cuda'"))):
+        with pytest.raises(EdgeError) as err:
+            pick_device(*args)
+        assert err.value.exit == Exit.BAD_INPUT and "\n" not in str(err.value)
+        assert all(w in str(err.value) for w in words), str(err.value)
+    with pytest.raises(EdgeError, match="device 'gpu'"):
+        config_from("digits-vit-tiny", device="gpu")
+    assert config_from("digits-vit-tiny").device == "auto"
+
+
+def test_train_cli_device_errors_are_one_line():
+    assert_one_line_error(run_cli("train", "--preset", "digits-vit-tiny", "--device", "gpu"),
+                          Exit.BAD_INPUT, "edge-model", "device 'gpu'")
+    if not torch.cuda.is_available():   # on a GPU machine --device cuda would train: nothing to check
+        assert_one_line_error(run_cli("train", "--preset", "digits-vit-tiny", "--device", "cuda"),
+                              Exit.BAD_INPUT, "edge-model", "device 'cuda'", "--device cpu")
+
+
+def test_batches_stay_put_on_the_cpu():
+    x = torch.arange(6.0)
+    assert to_device(x, "cpu") is x and to_device(None, "cpu") is None and to_device(None, "cuda") is None
+
+
+def test_training_device_and_cpu_checkpoint(tmp_path, monkeypatch):
+    """auto: the GPU when there is one. Whatever trained, the checkpoint gets CPU tensors, the loss is
+    finite, and the per-epoch val accuracy matches evaluate's (collect_exits) on the saved weights."""
+    seen = []
+    real_save = train_mod.save_checkpoint
+
+    def save(out, model, *args):
+        seen.extend({t.device.type for t in model.state_dict().values()})
+        return real_save(out, model, *args)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    ckpt = train(config_from("digits-vit-tiny", out=str(tmp_path / "d"), seed=0, epochs=2, threads=1),
+                 progress=False)
+    assert set(seen) == {"cpu"}
+    log = json.loads((ckpt / "train_log.json").read_text())
+    want = pick_device("auto", torch.cuda.is_available(), None, torch.cuda.device_count())[0]
+    assert log["device"] == want and len(log["epochs"]) == 2
+    assert np.isfinite([e["loss"] for e in log["epochs"]]).all()
+    ref = evaluate(ckpt, splits=("val",))["accuracy"]["val"]    # on the CPU, through collect_exits
+    if want == "cpu":
+        assert log["epochs"][-1]["val_exit_accuracy"] == ref
+    else:   # GPU kernels round differently: a sample or two may flip
+        assert np.allclose(log["epochs"][-1]["val_exit_accuracy"], ref, atol=0.01)
