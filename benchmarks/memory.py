@@ -41,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.core.files import write_atomic
+from edge_runtime.core.lazy import lazy_import
+
 KIB = 1024
 
 
@@ -55,9 +58,8 @@ def make_sessions(paths: list, threads: int, shared_arena: bool) -> list:
     """Sessions as the runtime makes them (edge_runtime.backends.ort.session_from_file: every CPU session
     shares one arena registered in ONNX Runtime's environment), or, for comparison, the same options with
     each session keeping its own arena."""
-    import onnxruntime as ort
-
     from edge_runtime.backends.ort import session_from_file
+    ort = lazy_import("onnxruntime", extra="runtime")
     if shared_arena:
         return [session_from_file(p, ["CPUExecutionProvider"], threads) for p in paths]
     sessions = []
@@ -69,7 +71,7 @@ def make_sessions(paths: list, threads: int, shared_arena: bool) -> list:
 
 
 def child(spec_path: str) -> None:
-    import onnxruntime   # noqa: F401  (imported before the baseline: it is the interpreter's, not the set's)
+    lazy_import("onnxruntime", extra="runtime")   # imported before the baseline: the interpreter's, not the set's
 
     import edge_runtime.backends.ort   # noqa: F401
     spec = json.loads(Path(spec_path).read_text())
@@ -99,8 +101,8 @@ def child(spec_path: str) -> None:
 def chain_model(paths: list, out: Path) -> None:
     """Segments `paths` (0..k) as one graph: segment k's hidden_out feeds k+1's hidden, shared inputs stay
     shared, only the last segment's logits is an output, and what it does not need is pruned."""
-    import onnx
-    from onnx import compose, helper
+    onnx = lazy_import("onnx", extra="runtime", why="benchmarks/memory.py")
+    compose, helper = onnx.compose, onnx.helper
     models = [onnx.load(str(p)) for p in paths]
     first = [i.name for i in models[0].graph.input]
     nodes, inits = [], []
@@ -133,8 +135,8 @@ def chain_model(paths: list, out: Path) -> None:
 
 def one_op_model(segment0: Path, out: Path) -> None:
     """An Identity on segment 0's first input: a session that holds nothing, for ONNX Runtime's fixed cost."""
-    import onnx
-    from onnx import helper
+    onnx = lazy_import("onnx", extra="runtime", why="benchmarks/memory.py")
+    helper = onnx.helper
     x = onnx.load(str(segment0)).graph.input[0]
     y = helper.make_tensor_value_info("y", x.type.tensor_type.elem_type, None)
     graph = helper.make_graph([helper.make_node("Identity", [x.name], ["y"])], "one_op", [x], [y])
@@ -231,7 +233,7 @@ def run_benchmark(engine_dir, build: str = "export", batch: int = 64, repeats: i
                            for key in ("resident_kib", "load_kib", "file_kib")}
               for a, b in (("segments", "static"), ("segments_shared_arena", "static"), ("naive", "static"),
                            ("segments", "naive"))}
-    import onnxruntime
+    onnxruntime = lazy_import("onnxruntime", extra="runtime")
     return {"engine": engine.name, "engine_dir": os.path.relpath(Path(engine_dir).resolve()), "build": build,
             "batch": batch, "threads": threads, "repeats": repeats, "static_from": str(static) if static else
             "the segments chained (onnx), earlier exit heads pruned", "onnxruntime": onnxruntime.__version__,
@@ -292,12 +294,6 @@ def markdown(report: dict) -> str:
                   f"{f['resident_kib']:.0f} KiB after a run. Above it, resident over static: "
               + ", ".join(f"{name} {x:.2f}x" for name, x in above.items()) + "."]
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:

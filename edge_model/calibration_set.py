@@ -1,7 +1,6 @@
 """The workstation half of INT8 calibration: pick samples from a checkpoint's dataset and write
 calibration/NAME.txt (the list) and NAME.npz (the inputs as the device feeds them), which
 edge_runtime.core.calibration reads on the device without torch. CLI: `edge-model calibration-set`."""
-import hashlib
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 
 from edge_runtime.core.calibration import DEFAULT_DIR, FORMAT, METHODS, preprocess_digest
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.files import atomic_path, sha256_file, write_atomic
 
 
 def write_calibration_set(ckpt_dir, name: str = None, out_dir=DEFAULT_DIR, samples: int = 256,
@@ -74,19 +74,17 @@ def write_calibration_set(ckpt_dir, name: str = None, out_dir=DEFAULT_DIR, sampl
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     npz, txt = out / f"{name}.npz", out / f"{name}.txt"
-    tmp = out / f".{name}.npz.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:   # np.savez appends .npz to a bare path: write through a file object
-        np.savez_compressed(f, calib_indices=calib_idx, val_labels=val_labels, val_torch_pred=val_pred,
-                            **{f"calib_{k}": v for k, v in calib.items()}, **{f"val_{k}": v for k, v in val.items()})
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, npz)
+    with atomic_path(npz) as tmp:
+        with open(tmp, "wb") as f:   # np.savez appends .npz to a bare path: write through a file object
+            np.savez_compressed(f, calib_indices=calib_idx, val_labels=val_labels, val_torch_pred=val_pred,
+                                **{f"calib_{k}": v for k, v in calib.items()},
+                                **{f"val_{k}": v for k, v in val.items()})
+        digest = sha256_file(tmp)
     lines = [FORMAT, f"# written by edge-model calibration-set from {os.path.relpath(Path(ckpt_dir).resolve())}",
              f"dataset {task['dataset']}", f"preprocess_sha256 {preprocess_digest(task['preprocess'])}",
              f"method {method}", f"calib_split {split}", f"calib_seed {seed}",
              "calib_indices " + " ".join(map(str, calib_idx.tolist())), f"val_split {val_split}",
              f"val_samples {len(val_labels)}", f"data {npz.name}", f"data_sha256 {digest}",
              f"torch_param_sha256 {config['param_sha256']}"]
-    tmp = out / f".{name}.txt.tmp-{os.getpid()}"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, txt)
+    write_atomic(txt, "\n".join(lines) + "\n")
     return txt

@@ -3,22 +3,19 @@
 One loader serves train, eval, cache-exits and export. Every failure is one EdgeError line.
 """
 import json
-import os
 from pathlib import Path
-
 
 from edge_model.presets import build_model, config_dict, model_config
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.files import atomic_path, write_atomic
 
 FORMAT = "edge-model-checkpoint"
 VERSION = 1
 
 
 def write_json(path: Path, obj) -> None:
-    """Write to a temp name, then rename: never a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    """`obj` as indented JSON, written whole or not at all."""
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_checkpoint(out_dir, model, arch: str, task: dict, extra: dict) -> Path:
@@ -26,9 +23,8 @@ def save_checkpoint(out_dir, model, arch: str, task: dict, extra: dict) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, out / "model.safetensors")
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
     config = {"format": FORMAT, "version": VERSION, "arch": arch, "model": config_dict(model.cfg),
               "task": task, **extra}
     write_json(out / "config.json", config)

@@ -33,6 +33,7 @@ import torch
 from edge_model.checkpoint import load_checkpoint, tokenizer_path, write_json
 from edge_model.export import OPSET, ControllerOutputs, export_segments, input_names, sha256
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.files import atomic_dir
 from edge_runtime.core.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION
 
 REFERENCE_SAMPLES = 16
@@ -188,7 +189,7 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
                      for r in records],
         "variants": [{"depth": d, "exit_index": k, "chain": list(range(k + 1)),
                       "flops": int(chain[k]),   # what the chain runs: earlier exit heads included
-                      "val_accuracy": float(val_acc[k]), "latency_ms": None} for k, d in enumerate(exits)],
+                      "val_accuracy": float(val_acc[k])} for k, d in enumerate(exits)],
         "controller": {
             **{key: ref(tmp / file) for key, file in CONTROLLER_FILES.items()},
             "projection": ref(tmp / "projection.npz"),
@@ -252,24 +253,9 @@ def export_engines(ckpt_dir, out_dir, data_dir=None, samples: int = REFERENCE_SA
     check_out_dir(out)
     model, config = load_checkpoint(ckpt)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_dir(out) as tmp:
         manifest = write_engines(tmp, ckpt, model, config, data_dir, samples, opset, name or out.name, progress)
         EngineDir.open(tmp)   # what the device will do: schema, paths, hashes, build stamp
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)   # a directory cannot be replaced in one rename: move the old one aside
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if old.exists():
-                os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 

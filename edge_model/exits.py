@@ -19,6 +19,7 @@ import numpy as np
 from edge_model.checkpoint import load_checkpoint, tokenizer_path, write_json
 from edge_model.data import load_dataset
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.files import atomic_path
 
 
 def oracle_depths(correct: np.ndarray) -> np.ndarray:
@@ -81,9 +82,8 @@ CACHE_KEYS = ("logits", "labels", "exits", "flops", "first_pooled", "input_stats
 
 
 def save_exits(path: Path, collected: dict, y: np.ndarray, exits, flops) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, labels=y, exits=np.asarray(exits), flops=np.asarray(flops, np.float64), **collected)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: np.savez names it as given
+        np.savez_compressed(f, labels=y, exits=np.asarray(exits), flops=np.asarray(flops, np.float64), **collected)
 
 
 def load_exits(ckpt_dir, split: str) -> dict:

@@ -11,7 +11,6 @@ cheapest fixed depth that reaches it (what truncation alone gives), the best thr
 curve and the oracle lower bound (edge_model.exits.lower_bound_curve).
 """
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +22,8 @@ from edge_model.controller.methods import (Fixed, OneShot, Oracle, Patience, Pre
                                            Threshold, outcome, run)
 from edge_model.controller.table import ExitTable
 from edge_model.exits import lower_bound_curve, thin
+from edge_runtime.core.budget import lambda_sweep
+from edge_runtime.core.files import atomic_path, write_atomic
 
 TOLERANCE = 0.003                     # DESIGN.md section 1: accuracy within +-0.3 % of full depth
 # Validation must show a knob this far inside the budget. A knob kept right at the budget's edge lands
@@ -88,7 +89,7 @@ def standard_families(table_val: ExitTable, proba_val=None, predictor_flops: flo
         # One step deeper gains at most 1 in P(l* <= d); past 1 / (smallest step cost) all take the first exit.
         steps = np.diff(table_val.flops) / table_val.full_flops
         lam_max = 1.0 / max(float(steps.min()) if len(steps) else 1.0, 1e-6)
-        families.append(Family("oneshot", OneShot, [0.0] + np.geomspace(1e-3, lam_max * 1.01, 60).tolist(),
+        families.append(Family("oneshot", OneShot, lambda_sweep(60, lam_max * 1.01, zero=True),
                                predictor_flops))
     families.append(Family("oracle", lambda _: Oracle(), [None]))
     return families
@@ -384,9 +385,8 @@ def _save_png(path: Path, draw, report: dict, size=(6, 4)) -> None:
     from matplotlib.figure import Figure   # no pyplot: no global backend state, Agg renders the PNG
     fig = Figure(figsize=size, dpi=110, layout="constrained")
     draw(report, fig.add_subplot())
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def write_report(report: dict, out_dir, extra_plots=()) -> Path:
@@ -398,9 +398,7 @@ def write_report(report: dict, out_dir, extra_plots=()) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "controller.json", report)
-    tmp = out / "controller.md.tmp"
-    tmp.write_text(report_markdown(report))
-    os.replace(tmp, out / "controller.md")
+    write_atomic(out / "controller.md", report_markdown(report))
     _save_png(out / "accuracy_vs_flops.png", plot_accuracy_vs_flops, report, size=(8, 5.5))
     _save_png(out / "depth_histogram.png", plot_depth_histogram, report)
     for name, draw in extra_plots:

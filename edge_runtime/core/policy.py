@@ -8,7 +8,6 @@ the caches are cold and each numpy call costs microseconds, about 45 us per boun
 about 10 for the one call. It is tested equal to policy_state + step.
 """
 from dataclasses import dataclass
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -111,9 +110,9 @@ class PolicyArrays:
         return _boundary(k, st, preds, logits, conf, self._packed, used)
 
     def save(self, path) -> None:
-        tmp = Path(str(path) + ".tmp.npz")
-        np.savez(tmp, use_predictor=np.array(self.use_predictor), **{k: getattr(self, k) for k in ARRAYS})
-        tmp.replace(path)
+        from edge_runtime.core.files import atomic_path
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:   # a file object: np.savez names it as given
+            np.savez(f, use_predictor=np.array(self.use_predictor), **{k: getattr(self, k) for k in ARRAYS})
 
     @classmethod
     def load(cls, path) -> "PolicyArrays":

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.lazy import have, lazy_import
 
 SPLITS = ("train", "val", "test")
 FMNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -86,11 +87,9 @@ def fashion_mnist(data_dir=None, seed: int = 0) -> dict:
 
 def digits(seed: int = 0) -> dict:
     """{split: (images (N, 8, 8) uint8, labels (N,) int64)}."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise EdgeError("dataset digits | needs scikit-learn (pip install scikit-learn)", Exit.NOT_FOUND) from None
-    d = load_digits()
+    if not have("sklearn"):   # checked first: pip's name for it (scikit-learn) is not the import's
+        raise EdgeError("dataset digits | needs scikit-learn (pip install scikit-learn)", Exit.NOT_FOUND)
+    d = lazy_import("sklearn.datasets", why="dataset digits").load_digits()
     # 0..16 grey levels scaled to 0..255 so every image dataset is uint8
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
     y = d.target.astype(np.int64)

@@ -1,13 +1,8 @@
-"""Reports as JSON plus a Markdown twin beside it, each written to a temporary name and renamed."""
+"""Reports as JSON plus a Markdown twin beside it, each written whole or not at all (core.files)."""
 import json
-import os
 from pathlib import Path
 
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from edge_runtime.core.files import write_atomic
 
 
 def write_json_md(path: Path, data: dict, title: str, markdown: str) -> Path:

@@ -1,25 +1,23 @@
 """Where results go: JSON Lines per frame, a video file with an overlay, a window (display://N).
 
-Files are written under a temporary name beside the target and renamed into place on close, so an
-interrupted run never leaves a half-written file under the name asked for (DESIGN.md section 7).
+`open_output(uri, ...)` mirrors `open_source`: it dispatches on the scheme of `parse_uri(uri)`. Files are
+written under a temporary name beside the target (edge_runtime.core.files.AtomicFile) and renamed into
+place on close, so an interrupted run never leaves a half-written file under the name asked for
+(DESIGN.md section 7).
 """
 import json
 import os
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import numpy as np
 
 from edge_runtime.core.errors import EdgeError, Exit
-from edge_runtime.io.sources import VIDEO_SUFFIXES, need_cv2
+from edge_runtime.core.files import AtomicFile
+from edge_runtime.io.sources import need_cv2
+from edge_runtime.io.uri import Uri, parse_uri
 
 FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG"}
 MIN_SIDE = 240     # small dataset frames are scaled up so the overlay can be read
-
-
-def temp_beside(path: Path) -> Path:
-    """A hidden temporary name in the same directory, keeping the suffix (OpenCV picks the container by it)."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
 
 
 class Sink(ABC):
@@ -31,22 +29,31 @@ class Sink(ABC):
         pass
 
 
+def file_target(path) -> Uri:
+    """The file an output writes (a path, a file:// URI or its Uri), in a directory that exists."""
+    uri = path if isinstance(path, Uri) else parse_uri(path)
+    if uri.scheme != "file":
+        raise EdgeError(f"{uri.text} | expected a file to write", Exit.BAD_INPUT)
+    if not uri.path.parent.is_dir():
+        raise EdgeError(f"{uri.text} | its directory does not exist", Exit.NOT_FOUND)
+    return uri
+
+
 class JsonLines(Sink):
     """One JSON object per frame: timestamp, frame id, label, score, depth, FLOPs, per-stage ms, power."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        if self.path.parent and not self.path.parent.is_dir():
-            raise EdgeError(f"{path} | its directory does not exist", Exit.NOT_FOUND)
-        self.tmp = temp_beside(self.path)
-        self.f = open(self.tmp, "w")
+        self.uri = file_target(path)
+        self.path = self.uri.path
+        self.file = AtomicFile(self.path)
+        self.f = open(self.file.tmp, "w", encoding="utf-8")
 
     def write(self, frame, record: dict) -> None:
         self.f.write(json.dumps(record) + "\n")
 
     def close(self) -> None:
         self.f.close()
-        os.replace(self.tmp, self.path)
+        self.file.commit()
 
 
 def overlay(img: np.ndarray, text: str) -> np.ndarray:
@@ -67,21 +74,22 @@ def overlay_text(record: dict) -> str:
 
 
 class VideoOutput(Sink):
+    """The frames with their overlay, in a video file; written under a temporary name until close()."""
+
     def __init__(self, path, fps: float):
-        self.path = Path(path)
+        self.uri = file_target(path)
+        self.path = self.uri.path
         suffix = self.path.suffix.lower()
         if suffix not in FOURCC:
-            raise EdgeError(f"{path} | video output needs one of {', '.join(FOURCC)}", Exit.BAD_INPUT)
-        if not self.path.parent.is_dir():
-            raise EdgeError(f"{path} | its directory does not exist", Exit.NOT_FOUND)
+            raise EdgeError(f"{self.uri.text} | video output needs one of {', '.join(FOURCC)}", Exit.BAD_INPUT)
         self.cv2, self.fps, self.fourcc = need_cv2(), fps, FOURCC[suffix]
-        self.tmp, self.writer, self.size = temp_beside(self.path), None, None
+        self.file, self.writer, self.size = AtomicFile(self.path), None, None
 
     def write(self, frame, record: dict) -> None:
         img = overlay(frame.data, overlay_text(record))
         if self.writer is None:
             self.size = (img.shape[1], img.shape[0])
-            self.writer = self.cv2.VideoWriter(str(self.tmp), self.cv2.VideoWriter_fourcc(*self.fourcc),
+            self.writer = self.cv2.VideoWriter(str(self.file.tmp), self.cv2.VideoWriter_fourcc(*self.fourcc),
                                                self.fps, self.size)
             if not self.writer.isOpened():
                 raise EdgeError(f"{self.path} | OpenCV cannot write {self.fourcc} video here", Exit.BAD_INPUT)
@@ -92,7 +100,9 @@ class VideoOutput(Sink):
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
-            os.replace(self.tmp, self.path)
+            self.file.commit()
+        else:
+            self.file.discard()   # no frame came: no file (OpenCV may have made an empty one)
 
 
 class Display(Sink):
@@ -115,14 +125,18 @@ class Display(Sink):
 
 
 def open_output(uri: str, fps: float, text: bool) -> Sink:
-    """The sink for the OUTPUT argument: display://N or a video file."""
-    if uri.startswith("display://"):
+    """The sink for the OUTPUT argument, by the scheme of parse_uri(uri): display://N or a video file."""
+    u = parse_uri(uri)
+    if u.scheme == "display":
         if text:
-            raise EdgeError(f"{uri} | a text model has no frames to show", Exit.BAD_INPUT)
-        return Display(uri)
-    if Path(uri).suffix.lower() in VIDEO_SUFFIXES:
+            raise EdgeError(f"{u.text} | a text model has no frames to show", Exit.BAD_INPUT)
+        return Display(str(u))
+    if u.scheme == "file" and u.kind == "video":
         if text:
-            raise EdgeError(f"{uri} | a text model has no frames to write as video; use --json", Exit.BAD_INPUT)
-        return VideoOutput(uri, fps)
-    raise EdgeError(f"{uri} | OUTPUT is display://N or a video file ({', '.join(FOURCC)}); "
+            raise EdgeError(f"{u.text} | a text model has no frames to write as video; use --json", Exit.BAD_INPUT)
+        return VideoOutput(u, fps)
+    if u.scheme == "stdio":
+        raise EdgeError("- | standard output carries the console lines; per-frame records go to --json FILE",
+                        Exit.BAD_INPUT)
+    raise EdgeError(f"{u.text} | OUTPUT is display://N or a video file ({', '.join(FOURCC)}); "
                     "per-frame records go to --json FILE", Exit.BAD_INPUT)

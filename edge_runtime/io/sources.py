@@ -1,33 +1,31 @@
-"""Input streams in jetson-inference's URI style. `open_source(uri, options)` -> a Source of Frames.
+"""Input streams in jetson-inference's URI style. `open_source(uri, options)` -> a Source of Frames, chosen
+by the scheme of `parse_uri(uri)` (edge_runtime.io.uri, which lists every spelling):
 
   dataset://NAME/SPLIT[?limit=N]   a dataset split (edge_runtime.io.datasets), labels known: the embedded default
   csi://N                          a MIPI CSI camera through GStreamer's nvarguscamerasrc (OpenCV with GStreamer)
-  /dev/videoN, v4l2://N, cameraN   a V4L2 camera (cameraN is an alias of /dev/videoN; the resolved URI is printed)
+  /dev/videoN, v4l2://N, cameraN   a V4L2 camera (cameraN is an alias of /dev/videoN; the resolved URI is noted)
   rtsp://... , http(s)://...       a network stream
   FILE.mp4 / .avi / .mkv / ...     a video file
   FILE.png / .jpg / ...            one image;   DIR: every image in it, sorted by name
   FILE.txt, -                      text models: one input per line (standard input for -)
 
-Every frame a source meets is counted: captured ones go on to the pipeline, the others are dropped with a
-reason (an unreadable image in a directory, an empty line, a failed read of a live stream). Live streams
-reconnect with exponential backoff. A source that cannot start (no such camera, an unreadable video) is one
-EdgeError line.
+A source's `uri` is the resolved text (file:///abs/clip.mp4, v4l2:///dev/video0); its messages name the
+input as the user wrote it. Every frame a source meets is counted: captured ones go on to the pipeline,
+the others are dropped with a reason (an unreadable image in a directory, an empty line, a failed read of
+a live stream). Live streams reconnect with exponential backoff. A source that cannot start (no such
+camera, an unreadable video) is one EdgeError line.
 """
 import sys
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
 from edge_runtime.core.errors import EdgeError, Exit
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".h264", ".264")
-TEXT_SUFFIXES = (".txt", ".tsv", ".csv")
+from edge_runtime.core.lazy import lazy_import
+from edge_runtime.io.uri import IMAGE_SUFFIXES, NETWORK, Uri, parse_uri
 
 
 @dataclass
@@ -61,15 +59,14 @@ class Counts:
 
 def need_cv2():
     """OpenCV, with its own console warnings off: every failure here becomes one EdgeError line."""
-    from edge_runtime.backends import lazy_import
-    cv2 = lazy_import("cv2", extra="video")
+    cv2 = lazy_import("cv2", extra="video", why="image and video input and output")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     return cv2
 
 
 class Source(ABC):
     """Iterate to get Frames; `counts` says what was captured and what was dropped, and why."""
-    uri = ""
+    uri = ""                # the resolved text: what the program prints as its input
     live = False
     kind = "image"          # or "text"
 
@@ -127,13 +124,14 @@ class Source(ABC):
 
 
 class DatasetSource(Source):
-    def __init__(self, name: str, split: str, limit: int, options: SourceOptions):
+    def __init__(self, uri: Uri, options: SourceOptions):
         from edge_runtime.io.datasets import image_split
         super().__init__(options)
+        self.uri = str(uri)
+        name, split = uri.location.split("/")
         self.x, self.y, self.labels = image_split(name, split)
-        if limit:
-            self.x, self.y = self.x[:limit], self.y[:limit]
-        self.uri = f"dataset://{name}/{split}" + (f"?limit={limit}" if limit else "")
+        if uri.limit:
+            self.x, self.y = self.x[:uri.limit], self.y[:uri.limit]
 
     def items(self):
         for _ in self.passes():
@@ -141,7 +139,7 @@ class DatasetSource(Source):
                 yield self.x[i], int(self.y[i]), f"{i}"
 
 
-def read_image(path: Path):
+def read_image(path):
     """An image file as a uint8 array (OpenCV: BGR, or grey for single-channel files); None if unreadable."""
     cv2 = need_cv2()
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -156,17 +154,17 @@ def read_image(path: Path):
 class ImagesSource(Source):
     """One image file, or every image in a directory (sorted). An unreadable one is a counted drop."""
 
-    def __init__(self, path: Path, options: SourceOptions):
+    def __init__(self, uri: Uri, options: SourceOptions):
         super().__init__(options)
-        self.uri = str(path)
-        if path.is_dir():
+        self.uri, path = str(uri), uri.path
+        if uri.kind == "directory":
             self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not self.files:
-                raise EdgeError(f"{path} | no image files ({', '.join(IMAGE_SUFFIXES)})", Exit.NOT_FOUND)
+                raise EdgeError(f"{uri.text} | no image files ({', '.join(IMAGE_SUFFIXES)})", Exit.NOT_FOUND)
         else:
             self.files = [path]
             if read_image(path) is None:
-                raise EdgeError(f"{path} | not a readable image", Exit.CORRUPT)
+                raise EdgeError(f"{uri.text} | not a readable image", Exit.CORRUPT)
 
     def items(self):
         for _ in self.passes():
@@ -183,19 +181,17 @@ class TextSource(Source):
     """One input per line of a text file, or of standard input for '-'. Empty lines are counted drops."""
     kind = "text"
 
-    def __init__(self, path: str, options: SourceOptions):
+    def __init__(self, uri: Uri, options: SourceOptions):
         super().__init__(options)
-        self.uri = path
-        if path != "-":
-            p = Path(path)
-            if not p.is_file():
-                raise EdgeError(f"{path} | no such text file", Exit.NOT_FOUND)
+        self.uri, self.lines = str(uri), None     # None: standard input
+        if uri.scheme == "file":
+            if not uri.path.is_file():
+                raise EdgeError(f"{uri.text} | no such text file", Exit.NOT_FOUND)
             try:
-                self.lines = p.read_text(encoding="utf-8").splitlines()
+                self.lines = uri.path.read_text(encoding="utf-8").splitlines()
             except UnicodeDecodeError as err:
-                raise EdgeError(f"{path} | not UTF-8 text ({err.reason} at byte {err.start})", Exit.CORRUPT) from None
-        else:
-            self.lines = None
+                raise EdgeError(f"{uri.text} | not UTF-8 text ({err.reason} at byte {err.start})",
+                                Exit.CORRUPT) from None
 
     def items(self):
         if self.lines is None:       # stdin: one pass, as it comes
@@ -225,16 +221,17 @@ def csi_pipeline(sensor: int, width: int, height: int, rate: float) -> str:
 class CaptureSource(Source):
     """Anything OpenCV's VideoCapture opens: video files, V4L2 cameras, CSI through GStreamer, RTSP."""
 
-    def __init__(self, uri: str, target, options: SourceOptions, live: bool, backend=None):
+    def __init__(self, uri: Uri, target, options: SourceOptions, backend=None):
         super().__init__(options)
-        self.uri, self.target, self.live, self.backend = uri, target, live, backend
+        self.uri, self.live, self.name = str(uri), uri.live, uri.text
+        self.target, self.backend = target, backend
         self.cap = self.open_capture()
         if self.cap is None:
-            what = "camera" if live else "video"
-            raise EdgeError(f"{uri} | cannot open this {what}" + (" (is it connected? ls /dev/video*)"
-                            if isinstance(target, int) else "" if live else " (missing, unreadable or not a video)"),
-                            Exit.NOT_FOUND if live else Exit.CORRUPT)
-        self.expected = int(self.cap.get(need_cv2().CAP_PROP_FRAME_COUNT)) if not live else 0
+            what = "camera" if self.live else "video"
+            raise EdgeError(f"{self.name} | cannot open this {what}" + (" (is it connected? ls /dev/video*)"
+                            if uri.scheme == "v4l2" else "" if self.live else " (missing, unreadable or not a video)"),
+                            Exit.NOT_FOUND if self.live else Exit.CORRUPT)
+        self.expected = int(self.cap.get(need_cv2().CAP_PROP_FRAME_COUNT)) if not self.live else 0
 
     def open_capture(self):
         cv2 = need_cv2()
@@ -291,76 +288,66 @@ class CaptureSource(Source):
                 decoded += 1
                 yield img, None, f"{decoded - 1}"
             if decoded == 0:
-                raise EdgeError(f"{self.uri} | no frame could be decoded (truncated or not a video)", Exit.CORRUPT)
+                raise EdgeError(f"{self.name} | no frame could be decoded (truncated or not a video)", Exit.CORRUPT)
             if self.expected > decoded:
                 # the header promised more: count the frames the file lost
                 self.counts.dropped["truncated video"] += self.expected - decoded
-                self.notes.append(f"{self.uri}: the header says {self.expected} frames, {decoded} decoded")
+                self.notes.append(f"{self.name}: the header says {self.expected} frames, {decoded} decoded")
 
     def close(self) -> None:
         if self.cap is not None:
             self.cap.release()
 
 
-def parse_dataset(uri: str) -> tuple:
-    u = urlparse(uri)
-    name, split = u.netloc, u.path.strip("/")
-    query = parse_qs(u.query)
-    unknown = set(query) - {"limit"}
-    if not name or not split or "/" in split or unknown:
-        raise EdgeError(f"{uri} | expected dataset://NAME/SPLIT[?limit=N]", Exit.BAD_INPUT)
-    limit = query.get("limit", ["0"])[-1]
-    if not limit.isdigit():
-        raise EdgeError(f"{uri} | limit must be a whole number", Exit.BAD_INPUT)
-    return name, split, int(limit)
+def open_camera(uri: Uri, options: SourceOptions) -> Source:
+    """A V4L2 camera by index; a spelling that hides the device node (camera0, v4l2://0) gets a note."""
+    if not uri.path.exists():
+        raise EdgeError(f"{uri.text} | no camera at {uri.location} (ls /dev/video* lists the cameras here)",
+                        Exit.NOT_FOUND)
+    src = CaptureSource(uri, uri.index, options, backend=need_cv2().CAP_V4L2)
+    if uri.location not in uri.text:
+        src.notes.append(f"{uri.text} resolved to {uri}")
+    return src
 
 
-def camera_index(uri: str):
-    """The V4L2 index of /dev/videoN, v4l2://N or cameraN; None for anything else."""
-    for prefix in ("/dev/video", "v4l2:///dev/video", "v4l2://", "camera"):
-        rest = uri[len(prefix):]
-        if uri.startswith(prefix) and rest.isdigit():
-            return int(rest)
-    return None
+def open_csi(uri: Uri, options: SourceOptions) -> Source:
+    cv2 = need_cv2()
+    if "GStreamer:                   YES" not in cv2.getBuildInformation():
+        raise EdgeError(f"{uri.text} | this OpenCV has no GStreamer (JetPack's OpenCV has it; pip's does not)",
+                        Exit.NOT_FOUND)
+    pipeline = csi_pipeline(uri.index, options.width, options.height, options.rate)
+    return CaptureSource(uri, pipeline, options, backend=cv2.CAP_GSTREAMER)
+
+
+def open_file(uri: Uri, options: SourceOptions) -> Source:
+    if not uri.path.exists():
+        raise EdgeError(f"{uri.text} | no such file, directory or camera", Exit.NOT_FOUND)
+    if uri.kind in ("directory", "image"):
+        return ImagesSource(uri, options)
+    if uri.kind == "video":
+        return CaptureSource(uri, uri.location, options)
+    raise EdgeError(f"{uri.text} | not an image, a video or a directory (by its suffix)", Exit.BAD_INPUT)
 
 
 def open_source(uri: str, options: SourceOptions = SourceOptions(), text: bool = False) -> Source:
-    """The Source for `uri`; `text`: the model takes text, so files are read line by line."""
-    if uri.startswith("dataset://"):
-        if text:
-            raise EdgeError(f"{uri} | dataset sources carry images; give a text model a text file or -",
-                            Exit.BAD_INPUT)
-        return DatasetSource(*parse_dataset(uri), options)
+    """The Source for `uri`, by its scheme (parse_uri); `text`: the model takes text, so files are read
+    line by line."""
+    u = parse_uri(uri)
     if text:
-        return TextSource(uri, options)
-    if uri == "-":
+        if u.scheme in ("file", "stdio"):
+            return TextSource(u, options)
+        what = "dataset sources carry images" if u.scheme == "dataset" else f"{u.scheme}:// carries no text"
+        raise EdgeError(f"{u.text} | {what}; give a text model a text file or -", Exit.BAD_INPUT)
+    if u.scheme == "dataset":
+        return DatasetSource(u, options)
+    if u.scheme == "v4l2":
+        return open_camera(u, options)
+    if u.scheme == "csi":
+        return open_csi(u, options)
+    if u.scheme in NETWORK:
+        return CaptureSource(u, u.location, options)
+    if u.scheme == "file":
+        return open_file(u, options)
+    if u.scheme == "stdio":
         raise EdgeError("- | standard input carries text, and this model takes images", Exit.BAD_INPUT)
-    index = camera_index(uri)
-    if index is not None:
-        resolved = f"/dev/video{index}"
-        if not Path(resolved).exists():
-            raise EdgeError(f"{uri} | no camera at {resolved} (ls /dev/video* lists the cameras here)", Exit.NOT_FOUND)
-        src = CaptureSource(resolved, index, options, live=True, backend=need_cv2().CAP_V4L2)
-        if uri != resolved:
-            src.notes.append(f"{uri} resolved to {resolved}")
-        return src
-    if uri.startswith("csi://"):
-        rest = uri[len("csi://"):]
-        if not rest.isdigit():
-            raise EdgeError(f"{uri} | expected csi://N", Exit.BAD_INPUT)
-        cv2 = need_cv2()
-        if "GStreamer:                   YES" not in cv2.getBuildInformation():
-            raise EdgeError(f"{uri} | this OpenCV has no GStreamer (JetPack's OpenCV has it; pip's does not)",
-                            Exit.NOT_FOUND)
-        pipeline = csi_pipeline(int(rest), options.width, options.height, options.rate)
-        return CaptureSource(uri, pipeline, options, live=True, backend=cv2.CAP_GSTREAMER)
-    if uri.split("://")[0] in ("rtsp", "rtmp", "http", "https", "udp"):
-        return CaptureSource(uri, uri, options, live=True)
-    path = Path(uri)
-    if not path.exists():
-        raise EdgeError(f"{uri} | no such file, directory or camera", Exit.NOT_FOUND)
-    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        return ImagesSource(path, options)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        return CaptureSource(uri, str(path), options, live=False)
-    raise EdgeError(f"{uri} | not an image, a video or a directory (by its suffix)", Exit.BAD_INPUT)
+    raise EdgeError(f"{u.text} | {u.scheme}:// is an output, not an input", Exit.BAD_INPUT)

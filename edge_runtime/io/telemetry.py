@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_runtime.core.lazy import have, lazy_import
+
 THERMAL = Path("/sys/class/thermal")
 
 
@@ -38,9 +40,10 @@ def thermal_zones() -> float:
 
 class SystemReader:
     name = "system"
+    needs = ("psutil",)     # the packages a reader imports: one missing, best_reader skips it
 
     def __init__(self):
-        import psutil
+        psutil = lazy_import("psutil", extra="runtime", why="telemetry")
         self.psutil, self.proc = psutil, psutil.Process()
         self.psutil.cpu_percent(None)   # the first call only starts the measurement
 
@@ -51,9 +54,10 @@ class SystemReader:
 
 class NvmlReader(SystemReader):
     name = "nvml"
+    needs = ("pynvml", "psutil")
 
     def __init__(self):
-        import pynvml
+        pynvml = lazy_import("pynvml", why="NVML telemetry (pip install nvidia-ml-py)")
         pynvml.nvmlInit()
         if pynvml.nvmlDeviceGetCount() < 1:
             raise RuntimeError("no NVIDIA GPU")
@@ -70,10 +74,11 @@ class NvmlReader(SystemReader):
 
 class JtopReader(SystemReader):
     name = "jtop"
+    needs = ("jtop", "psutil")
 
     def __init__(self):
-        from jtop import jtop
-        self.jetson = jtop()
+        jtop = lazy_import("jtop", extra="jetson", why="Jetson telemetry")
+        self.jetson = jtop.jtop()
         self.jetson.start()
         super().__init__()
 
@@ -98,9 +103,11 @@ def best_reader(prefer: str = "auto"):
     order = {"auto": (JtopReader, NvmlReader, SystemReader), "jtop": (JtopReader,), "nvml": (NvmlReader,),
              "system": (SystemReader,)}[prefer]
     for cls in order:
+        if not all(have(name) for name in cls.needs):
+            continue
         try:
             return cls()
-        except Exception:   # a missing package, no device, no jtop service: try the next source
+        except Exception:   # no device, no jtop service, a driver's own error type: try the next source
             continue
     return None
 
