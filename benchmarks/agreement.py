@@ -28,8 +28,7 @@ def main(argv=None) -> int:
     from edge_model.data import load_dataset
     from edge_model.exits import load_exits
     from edge_model.inputs import make_inputs
-    from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.tools.check import run_chain
+    from edge_runtime.backends.ort import OrtExecutor
     from edge_runtime.core.engine_dir import EngineDir
 
     config = read_config(args.checkpoint)
@@ -37,15 +36,11 @@ def main(argv=None) -> int:
                          tokenizer_path(args.checkpoint, config))
     torch_logits = load_exits(args.checkpoint, args.split)["logits"]           # (N, E, C)
     engine = EngineDir.open(args.engine_dir)
-    graphs = engine.graphs()
-    if args.precision != "fp32":
-        from edge_runtime.tools.build import open_build
-        graphs = open_build(engine, args.precision)
-    chain = engine.variants[-1]["chain"]
+    graphs = engine.build("onnxruntime", args.precision).graphs
     agree = np.zeros(torch_logits.shape[:2], bool)
     correct = np.zeros(torch_logits.shape[:2], bool)
     max_len = config["task"]["preprocess"].get("max_len")
-    with OrtBackend(graphs, intra_op_num_threads=1) as backend:
+    with OrtExecutor(graphs, intra_op_num_threads=1) as ex:
         for s in tqdm(range(0, len(inputs), args.batch), desc="agreement", leave=False):
             idx = np.arange(s, min(s + args.batch, len(inputs)))
             x, mask, y = inputs.batch(idx)
@@ -55,7 +50,7 @@ def main(argv=None) -> int:
                 ids, m = np.zeros((len(idx), max_len), np.int64), np.zeros((len(idx), max_len), np.int64)
                 ids[:, :x.shape[1]], m[:, :mask.shape[1]] = x.numpy(), mask.numpy()
                 feed = {"input_ids": ids, "attention_mask": m}
-            outs = run_chain(backend, engine, chain, feed)
+            outs = ex.outputs(feed)
             for k, o in enumerate(outs):
                 pred = o["logits"].argmax(-1)
                 agree[idx, k] = pred == torch_logits[idx, k].argmax(-1)

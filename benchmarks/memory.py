@@ -7,7 +7,7 @@ separate full graphs, one per variant (DESIGN section 5: weights stored once, on
 The sets, all from the same files:
   segments               every segment_K graph in its own session, each session keeping its own CPU arena
   segments_shared_arena  the same sessions sharing one CPU arena registered in ONNX Runtime's environment,
-                         as the runtime (OrtBackend) loads them
+                         as the runtime (OrtExecutor) loads them
                          (session.use_env_allocators): the one workspace DESIGN section 5 asks for
   static                 the segments chained into one graph (hidden_out -> hidden), only the last exit's
                          logits kept and the earlier exit heads pruned: the plain full-depth model; or --static
@@ -163,12 +163,11 @@ def run_benchmark(engine_dir, build: str = "export", batch: int = 64, repeats: i
     """Measure the three sets of an engine directory; returns the report (module docstring)."""
     from tqdm import tqdm
 
-    from edge_runtime.tools.build import open_build
     from edge_runtime.core.engine_dir import EngineDir
     from edge_runtime.core.errors import EdgeError
     engine = EngineDir.open(engine_dir)
-    graphs = engine.graphs() if build == "export" else open_build(engine, build)
-    seg_paths = [str(g.path.resolve()) for g in graphs.values()]
+    graphs = engine.graphs() if build == "export" else engine.build("onnxruntime", build).graphs
+    seg_paths = [str(g.path.resolve()) for g in graphs]
     ref = engine.reference()
     first = [i["name"] for i in engine.segments[0]["inputs"]]
     reps = -(-batch // len(ref[first[0]]))

@@ -35,6 +35,7 @@ from edge_model.export import OPSET, ControllerOutputs, export_segments, input_n
 from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.files import atomic_dir
 from edge_runtime.core.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION
+from edge_runtime.core.onnx_files import ort_reads
 
 REFERENCE_SAMPLES = 16
 PROJECTION_ATOL = 1e-4     # segment 0's controller features vs the workstation's on the reference batch
@@ -154,6 +155,7 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
     say(f"folding and exporting {len(exits)} segments (ONNX opset {opset})", flush=True)
     folded = fold_model(model)
     records = export_segments(folded, tmp, x if mask is None else (x, mask), projection, opset)
+    ir_version = max(int(onnx.load(str(tmp / r["file"])).ir_version) for r in records)
     logits, features = reference_outputs(model, x, mask, P, task)
 
     # what the device's segment 0 computes, against the workstation's features from the unfolded model
@@ -216,7 +218,8 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
                       "inputs": names, "outputs": {"logits": "(N, exits, classes): PyTorch, unfolded checkpoint",
                                                    "features": "(N, 6 + projection_dims): the workstation's "
                                                                "controller features"}},
-        "build": {"backend": "onnxruntime", "precision": "fp32", "opset": opset,
+        "build": {"backend": "onnxruntime", "precision": "fp32", "opset": opset, "ir_version": ir_version,
+                  "reads_with": {"onnxruntime": ort_reads(ir_version, opset)},   # the files' need, not the exporter's
                   "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                                "torch": torch.__version__, "python": platform.python_version()},
                   "device": {"machine": platform.machine(), "processor": platform.processor(),

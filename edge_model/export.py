@@ -15,7 +15,8 @@ The dynamo exporter builds opset 18 and converts down with the onnx C API. When 
 warning and keeps opset 18, and some conversions give nodes opset 17 does not allow (Split with
 num_outputs). edge_model.fold writes its modules around both (slices, sum / T instead of mean); every
 file is still loaded with onnx.checker, its opset compared, and run with ONNX Runtime. Files are saved
-without value_info (edge_runtime.core.onnx_files.drop_value_info: less activation memory per segment run).
+without value_info (edge_runtime.core.onnx_files.drop_value_info: less activation memory per segment run)
+and with the lowest IR version their opset allows (lowest_ir: the device's older onnxruntime reads them).
 """
 import hashlib
 import math
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from edge_model.models.text import AdaptiveTextEncoder
-from edge_runtime.core.onnx_files import drop_value_info
+from edge_runtime.core.onnx_files import drop_value_info, lowest_ir
 from edge_runtime.core.errors import EdgeError
 
 OPSET = 17   # TensorRT 8.5 (JetPack 5 on Xavier) parses up to opset 17
@@ -207,7 +208,7 @@ def export_segments(folded, out_dir, example, projection, opset: int = OPSET) ->
             torch.onnx.export(seg, args, str(path), dynamo=True, external_data=False, opset_version=opset,
                               input_names=names, output_names=outputs,
                               dynamic_shapes=tuple({0: batch} for _ in args))
-        onnx.save(drop_value_info(onnx.load(str(path))), str(path))
+        onnx.save(lowest_ir(drop_value_info(onnx.load(str(path))), opset), str(path))
         checked = verify(path, names, outputs, args, expected, opset)
         records.append({"index": k, "exit": depth, "file": path.name, "bytes": path.stat().st_size,
                         "sha256": sha256(path), **checked, "params": folded.segment_params(k)})

@@ -28,6 +28,7 @@ from edge_runtime.core.controller import MODES, Controller, Mode
 from edge_runtime.core.engine_dir import EngineDir
 from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.features import softmax
+from edge_runtime.core.manifest import MANIFEST
 from edge_runtime.core.preprocess import make_preprocess
 from edge_runtime.core.stats import Stats
 
@@ -90,12 +91,20 @@ class RuntimeOptions:
         return cls(ns.backend, getattr(ns, "precision", "fp32"), ns.threads, providers)
 
     def backend_for(self, engine: EngineDir) -> str:
-        return backends.resolve(engine.export_stamp["backend"] if self.backend == "auto" else self.backend)
+        """The backend to run: the one given (checked), or for auto the one the export was stamped with
+        (whose stamp check then says whether this machine has it)."""
+        if self.backend == "auto":
+            return backends.ALIASES.get(engine.export_stamp["backend"], engine.export_stamp["backend"])
+        return backends.resolve(self.backend)
 
     def executor(self, engine: EngineDir, precision: str = None):
-        """(closed Executor, Build) over this option's build of `engine`; the build's stamp is checked."""
+        """(closed Executor, Build) over this option's build of `engine`; a stamp this machine cannot honour
+        is one line."""
         name = self.backend_for(engine)
         built = engine.build(name, precision or self.precision)
+        reason = backends.stamp_refusal(built.stamp)
+        if reason:
+            raise EdgeError(f"{MANIFEST} | {built.where} ({built.label}): {reason}", Exit.BAD_INPUT)
         return backends.create(name, built.graphs, self.threads, self.providers), built
 
 

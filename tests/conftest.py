@@ -2,6 +2,7 @@
 import contextlib
 import io
 import shutil
+import textwrap
 
 import pytest
 import torch
@@ -12,6 +13,22 @@ from edge_runtime.core.errors import Exit
 
 # Two cores shared with long background trainings: one intra-op thread keeps every test polite.
 torch.set_num_threads(1)
+
+
+def import_blocker(*packages: str) -> str:
+    """Python source that, run first in a fresh interpreter, makes importing `packages` (and their
+    submodules) fail, as on a device where they are not installed (Polygraphy's test_dependencies)."""
+    return textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {packages!r}:
+                    raise ImportError(f"{{name.split('.')[0]}} is blocked on the device side (import of {{name}})")
+                return None
+
+        sys.meta_path.insert(0, Block())
+    """)
 
 
 def run_main(main, *args) -> tuple:

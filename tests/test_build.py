@@ -96,25 +96,25 @@ def test_every_graph_file_is_written_without_value_info(built):
 def test_built_files_pass_the_hash_check_on_reopen(built, engine_copy):
     import onnx
 
-    from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.tools.build import open_build
-    from edge_runtime.tools.check import run_chain
+    from edge_runtime.backends.ort import OrtExecutor
     from edge_runtime.core.engine_dir import EngineDir
     engine = EngineDir.open(built[1])
     ref = engine.reference()
-    graphs = open_build(engine, "int8")
-    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(graphs["segment_1"].path)).graph.node}
-    with OrtBackend(graphs, intra_op_num_threads=1) as backend:
-        logits = run_chain(backend, engine, [0, 1, 2, 3], {"pixels": ref["pixels"]})[-1]["logits"]
+    graphs = engine.build("onnxruntime", "int8").graphs
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(graphs[1].path)).graph.node}
+    with OrtExecutor(graphs, intra_op_num_threads=1) as ex:
+        logits = ex.outputs({"pixels": ref["pixels"]})[-1]["logits"]
     assert logits.shape == ref["logits"][:, -1].shape and np.isfinite(logits).all()
-    assert set(open_build(engine, "fp32")) == set(graphs)
+    fp32 = engine.build("onnxruntime", "fp32")
+    assert fp32.label == "onnxruntime fp32 build" and [g.path.name for g in fp32.graphs] == \
+        [f"segment_{k}.opt.onnx" for k in range(4)]
 
     f = engine_copy / "segment_2.int8.onnx"
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0x01
     f.write_bytes(bytes(data))
     with pytest.raises(EdgeError, match=r"segment_2\.int8\.onnx \| sha256 mismatch") as err:
-        open_build(EngineDir.open(engine_copy), "int8")
+        EngineDir.open(engine_copy)
     assert err.value.exit == Exit.CORRUPT
 
 
@@ -124,9 +124,7 @@ def test_the_optimised_fp32_build_agrees_with_pytorch_on_the_test_set(built):
     from edge_model.checkpoint import load_checkpoint
     from edge_model.data import load_dataset
     from edge_model.inputs import make_inputs
-    from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.tools.build import open_build
-    from edge_runtime.tools.check import run_chain
+    from edge_runtime.backends.ort import OrtExecutor
     from edge_runtime.core.engine_dir import EngineDir
     ckpt, engines, _ = built
     model, config = load_checkpoint(ckpt)
@@ -135,8 +133,8 @@ def test_the_optimised_fp32_build_agrees_with_pytorch_on_the_test_set(built):
     with torch.no_grad():
         want = torch.stack(model.forward_exits(x), 1).argmax(-1).numpy()        # (N, exits)
     engine = EngineDir.open(engines)
-    with OrtBackend(open_build(engine, "fp32"), intra_op_num_threads=1) as backend:
-        outs = run_chain(backend, engine, [0, 1, 2, 3], {"pixels": x.numpy()})
+    with OrtExecutor(engine.build("onnxruntime", "fp32").graphs, intra_op_num_threads=1) as ex:
+        outs = ex.outputs({"pixels": x.numpy()})
     for k, out in enumerate(outs):
         assert (out["logits"].argmax(-1) == want[:, k]).mean() >= 0.999, k
 

@@ -26,12 +26,12 @@ def edit_manifest(engine_dir, change):
 def test_export_writes_a_complete_verified_directory(exported):
     ckpt, engines = exported
     m = json.loads((engines / "manifest.json").read_text())
-    assert (m["schema"], m["schema_version"], m["name"]) == ("edge-engines", 2, "digits")
+    assert (m["schema"], m["schema_version"], m["name"]) == ("edge-engines", 3, "digits")
     assert [s["exit"] for s in m["segments"]] == [1, 2, 3, 4]
     assert [v["chain"] for v in m["variants"]] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
     flops = [v["flops"] for v in m["variants"]]
     assert flops == sorted(flops) and flops[-1] == sum(s["flops"] for s in m["segments"])
-    assert all(0 < v["val_accuracy"] <= 1 and v["latency_ms"] is None for v in m["variants"])
+    assert all(0 < v["val_accuracy"] <= 1 for v in m["variants"]) and "bench" not in m
     refs = m["segments"] + [m["controller"][k] for k in ("predictor", "policy", "policy_arrays", "projection")] \
         + [m["reference"]]
     for r in refs:
@@ -70,8 +70,7 @@ def test_every_variant_agrees_with_pytorch(exported):
     import torch
 
     from edge_model.checkpoint import load_checkpoint
-    from edge_runtime.backends.ort import OrtBackend
-    from edge_runtime.tools.check import run_chain
+    from edge_runtime.backends.ort import OrtExecutor
     from edge_runtime.core.engine_dir import EngineDir
     ckpt, engines = exported
     engine = EngineDir.open(engines)
@@ -80,10 +79,13 @@ def test_every_variant_agrees_with_pytorch(exported):
     with torch.no_grad():
         torch_logits = torch.stack(model.forward_exits(torch.from_numpy(ref["pixels"])), 1).numpy()
     np.testing.assert_allclose(ref["logits"], torch_logits, atol=1e-6)
-    with OrtBackend(engine.graphs(), intra_op_num_threads=1) as backend:
+    with OrtExecutor(engine.graphs(), intra_op_num_threads=1) as ex:
+        steps = ex.outputs({"pixels": ref["pixels"]})
         for v in engine.variants:
-            logits = run_chain(backend, engine, v["chain"], {"pixels": ref["pixels"]})[-1]["logits"]
-            assert (logits.argmax(-1) == torch_logits[:, v["exit_index"]].argmax(-1)).all(), v["depth"]
+            k = v["exit_index"]
+            chained = ex.chain(0, k, ex.start({"pixels": ref["pixels"]}))   # one call: fixed and full mode
+            np.testing.assert_array_equal(chained["logits"], steps[k]["logits"])
+            assert (chained["logits"].argmax(-1) == torch_logits[:, k].argmax(-1)).all(), v["depth"]
 
 
 def test_segment_0_computes_the_fitted_features(exported):
@@ -91,7 +93,7 @@ def test_segment_0_computes_the_fitted_features(exported):
     the first exit's confidence and its post-affine pooled vector times the fitted P (numpy, workstation)."""
     from edge_model.controller.fit import load_tables
     from edge_model.controller.predictor import table_features
-    from edge_runtime.backends.ort import OrtBackend
+    from edge_runtime.backends.ort import OrtExecutor
     from edge_runtime.core.engine_dir import EngineDir
     ckpt, engines = exported
     engine = EngineDir.open(engines)
@@ -99,8 +101,8 @@ def test_segment_0_computes_the_fitted_features(exported):
     n = len(ref["pixels"])
     with np.load(ckpt / "controller" / "predictor.npz") as z:
         expected = table_features(load_tables(ckpt, ("test",))["test"].subset(np.arange(n)), z["projection"])
-    with OrtBackend(engine.graphs(), intra_op_num_threads=1) as backend:
-        out = backend.run_segment("segment_0", {"pixels": ref["pixels"]})
+    with OrtExecutor(engine.graphs(), intra_op_num_threads=1) as ex:
+        _, out = ex.segment(0, ex.start({"pixels": ref["pixels"]}))
     np.testing.assert_allclose(out["features"], expected, atol=1e-4)
     np.testing.assert_allclose(out["conf"], expected[:, 3:6], atol=1e-5)
 
@@ -108,7 +110,7 @@ def test_segment_0_computes_the_fitted_features(exported):
 def test_info(exported):
     out, err, code = run_infer("info", "--engine-dir", exported[1])
     assert code == Exit.OK and err == ""
-    assert "fits the build stamp" in out and "digits-vit-tiny" in out
+    assert "fits its stamp" in out and "digits-vit-tiny" in out
     assert "| 4 | 0 1 2 3 |" in out
 
 
@@ -141,13 +143,13 @@ REFUSALS = {
                  Exit.CORRUPT, ["not a relative path", "reference.file"]),
     "link-outside": (outside_link, Exit.CORRUPT, ["segment_0.onnx | resolves outside"]),
     "schema-version": (lambda d: edit_manifest(d, lambda m: m.update(schema_version=1)),
-                       Exit.CORRUPT, ["manifest.json | schema_version 1, this runtime reads 2"]),
+                       Exit.CORRUPT, ["manifest.json | schema_version 1, this runtime reads 3"]),
     "other-schema": (lambda d: edit_manifest(d, lambda m: m.update(schema="something")),
                      Exit.CORRUPT, ["manifest.json | schema 'something'"]),
     "other-backend": (lambda d: edit_manifest(d, lambda m: m["build"].update(backend="tensorrt")),
-                      Exit.BAD_INPUT, ["manifest.json | build stamp: backend tensorrt"]),
-    "newer-onnxruntime": (lambda d: edit_manifest(d, lambda m: m["build"]["versions"].update(onnxruntime="1.999.0")),
-                          Exit.BAD_INPUT, ["build stamp: onnxruntime 1.999.0", "needs 1.999"]),
+                      Exit.BAD_INPUT, ["manifest.json | build (exported fp32 segments): build stamp: backend tensorrt"]),
+    "newer-onnxruntime": (lambda d: edit_manifest(d, lambda m: m["build"]["reads_with"].update(onnxruntime="1.999")),
+                          Exit.BAD_INPUT, ["build stamp: onnxruntime 1.999 or later", "needs 1.999"]),
     "bad-chain": (lambda d: edit_manifest(d, lambda m: m["variants"][2].update(chain=[0, 2])),
                   Exit.CORRUPT, ["variants[2].chain [0, 2]"]),
     "not-json": (lambda d: (d / "manifest.json").write_text("{"), Exit.CORRUPT, ["manifest.json | not valid JSON"]),
@@ -166,43 +168,45 @@ def test_not_an_engine_directory(tmp_path):
     assert_refused(run_infer("check", "--engine-dir", tmp_path / "absent"), Exit.NOT_FOUND, "not a directory")
 
 
-def test_backend_checks_its_use_and_its_inputs(exported):
+def test_executor_checks_its_use_and_its_inputs(exported):
     from edge_runtime.backends.base import BackendStateError
-    from edge_runtime.backends.ort import OrtBackend
+    from edge_runtime.backends.ort import OrtExecutor
     from edge_runtime.core.engine_dir import EngineDir
     engine = EngineDir.open(exported[1])
-    backend = OrtBackend(engine.graphs(), intra_op_num_threads=1)
+    ex = OrtExecutor(engine.graphs(), intra_op_num_threads=1)
     x = np.zeros((2, 1, 8, 8), np.float32)
     with pytest.raises(BackendStateError):
-        backend.run_segment("segment_0", {"pixels": x})
-    with backend:
+        ex.start({"pixels": x})
+    with ex:
         with pytest.raises(BackendStateError):
-            backend.open()
-        out = backend.run_segment("segment_0", {"pixels": x})
-        assert out["logits"].shape == (2, 10) and out["hidden_out"].shape == (2, 16, 32)
-        assert backend.last_latency > 0
+            ex.open()
+        handle, host = ex.segment(0, ex.start({"pixels": x}))
+        assert set(host) == {"logits", "conf", "features"} and host["logits"].shape == (2, 10)
+        _, host = ex.segment(1, ex.keep(handle, np.array([False, True])))
+        assert set(host) == {"logits", "conf"} and host["logits"].shape == (1, 10)
+        nan = x.copy()
+        nan[0, 0, 0, 0] = np.nan
         for feed, words in [({"pixels": x.astype(np.float64)}, "input 'pixels' | dtype float64, expected float32"),
                             ({"pixels": x[:, :, :4]}, "input 'pixels' | shape (2, 1, 4, 8), expected (batch, 1, 8, 8)"),
                             ({}, "input 'pixels' | missing"),
                             ({"pixels": x, "mask": x}, "input 'mask' | not an input of segment_0"),
-                            ({"pixels": x.tolist()}, "a list, expected a numpy array")]:
+                            ({"pixels": x.tolist()}, "a list, expected a numpy array"),
+                            ({"pixels": nan}, "input 'pixels' | holds NaN or infinite values")]:
             with pytest.raises(EdgeError, match=re.escape(words)):
-                backend.run_segment("segment_0", feed)
-        with pytest.raises(EdgeError, match=re.escape("segment 'segment_9' | not in this engine directory")):
-            backend.run_segment("segment_9", {"pixels": x})
-    assert not backend.is_open
+                ex.start(feed)
+    assert not ex.is_open
     with pytest.raises(BackendStateError):
-        backend.close()
+        ex.close()
 
 
 def test_providers_are_checked_before_and_after(exported, monkeypatch):
     import onnxruntime as ort
 
-    from edge_runtime.backends.ort import OrtBackend
+    from edge_runtime.backends.ort import OrtExecutor
     from edge_runtime.core.engine_dir import EngineDir
     graphs = EngineDir.open(exported[1]).graphs()
     with pytest.raises(EdgeError, match=re.escape("provider 'NoSuchExecutionProvider' | not available")) as err:
-        OrtBackend(graphs, providers=["NoSuchExecutionProvider"]).open()
+        OrtExecutor(graphs, providers=["NoSuchExecutionProvider"]).open()
     assert "CPUExecutionProvider" in str(err.value)
 
     class CpuOnlySession:   # what onnxruntime-gpu does when CUDA cannot start: runs on the CPU, quietly
@@ -215,7 +219,7 @@ def test_providers_are_checked_before_and_after(exported, monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", CpuOnlySession)
     with pytest.raises(EdgeError, match=re.escape("segment_0.onnx | onnxruntime fell back")):
-        OrtBackend(graphs, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]).open()
+        OrtExecutor(graphs, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]).open()
 
 
 def test_export_refusals(digits_copy, tmp_path):

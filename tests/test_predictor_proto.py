@@ -9,6 +9,8 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
+
+from conftest import import_blocker
 from onnx import helper
 
 import edge_runtime.core.predictor as predictor_mod
@@ -405,17 +407,8 @@ def test_the_reader_parses_as_python_3_8():
 
 # ---- (d) no onnx import on the device -----------------------------------------------------------------------
 
-BLOCK_ONNX = textwrap.dedent("""
-    import importlib.abc, sys
+BLOCK_ONNX = import_blocker("onnx")
 
-    class BlockOnnx(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "onnx" or name.startswith("onnx."):
-                raise ImportError(f"onnx is blocked on the device side (import of {name})")
-            return None
-
-    sys.meta_path.insert(0, BlockOnnx())
-""")
 
 
 def run_python(code: str, *args) -> subprocess.CompletedProcess:

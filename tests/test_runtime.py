@@ -75,11 +75,11 @@ def test_decisions_match_the_workstation_controller(rt, exported, test_images):
     pred = Predictor.load(ckpt / "controller")
     proba = pred.proba(pred.features(table))
     x = test_images[0]
-    lam = rt.budget_for(rt.mode)
+    lam = rt.spend.lam(rt.mode)
     device = np.array([r.exit_index for r in rt.infer_batch(x, budget=lam)])
     host = run(PolicyMethod(rt.controller.policy, lam), table, proba)
     assert (device == host).mean() >= 0.99
-    lam1 = rt.budget_for(Mode("oneshot"))
+    lam1 = rt.spend.lam(Mode("oneshot"))
     device = np.array([r.exit_index for r in rt.infer_batch(x, mode="oneshot")])
     assert (device == run(OneShot(lam1), table, proba)).mean() >= 0.99
 
@@ -89,7 +89,7 @@ def test_stats_count_every_input(exported, test_images):
         runtime.infer_batch(test_images[0][:10])
         runtime.infer(test_images[0][10])
         s = runtime.stats()
-    assert s["inputs"] == 11 and s["calls"] == 2
+    assert s["frames"]["processed"] == 11 and s["calls"] == 2
     assert s["depth_histogram"][str(runtime.depths[-1])] == 11
     assert s["flops_fraction"] == pytest.approx(1.0)
 
@@ -112,7 +112,8 @@ def test_bad_api_input_is_one_clear_error(rt, bad, words):
 
 
 def test_bad_budget_and_mode(rt, test_images):
-    for kwargs, words in (({"budget": -1}, "positive"), ({"budget": float("nan")}, "positive"),
+    for kwargs, words in (({"budget": -1}, "lambda must be a number >= 0"), ({"budget": float("nan")}, ">= 0"),
+                          ({"budget": "cheap"}, ">= 0"),
                           ({"mode": "fixed:5"}, "one of the depths"), ({"mode": "fast"}, "unknown")):
         with pytest.raises(EdgeError) as e:
             rt.infer(test_images[0][0], **kwargs)
@@ -137,3 +138,74 @@ def test_compiled_trees_equal_onnx_runtime(rt, exported):
     want = sess.run(["proba"], {"features": x})[0]
     np.testing.assert_allclose(rt.controller.predictor(x), want, atol=1e-6)
     np.testing.assert_allclose(rt.controller.predictor(x[:1]), want[:1], atol=1e-6)
+
+
+class Opaque:
+    """A handle the scheduler cannot look inside: no array interface, no len, no indexing."""
+    __slots__ = ("_ref",)
+
+    def __init__(self, ref):
+        self._ref = ref
+
+    def __len__(self):
+        raise AssertionError("the scheduler looked inside a handle")
+
+    __getitem__ = __iter__ = __array__ = __len__
+
+
+class OpaqueExecutor:
+    """Wraps the ORT executor and hands the scheduler only Opaque handles (test-only): decisions and outputs
+    must come out as with the ORT executor itself."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.is_open = inner, "opaque", True
+
+    def start(self, feed, check=True):
+        return Opaque(self.inner.start(feed, check))
+
+    def segment(self, k, h):
+        nxt, host = self.inner.segment(k, h._ref)
+        return Opaque(nxt), host
+
+    def keep(self, h, mask):
+        return Opaque(self.inner.keep(h._ref, mask))
+
+    def chain(self, j, d, h):
+        return self.inner.chain(j, d, h._ref)
+
+    def describe(self):
+        return "opaque"
+
+    def close(self):
+        self.inner.close()
+        self.is_open = False
+
+
+def test_the_scheduler_never_looks_inside_a_handle(exported, test_images):
+    x = test_images[0][:48]
+    with Runtime.open(exported[1]) as plain, Runtime.open(exported[1]) as wrapped:
+        policy = random_policy(plain.controller.policy)
+        plain.controller.policy = wrapped.controller.policy = policy
+        wrapped.executor = OpaqueExecutor(wrapped.executor)
+        for mode, lam in (("progressive", 0.5), ("oneshot", 0.05), ("fixed:2", None), ("full", None)):
+            a, b = plain.infer_batch(x, budget=lam, mode=mode), wrapped.infer_batch(x, budget=lam, mode=mode)
+            assert [r.exit_index for r in a] == [r.exit_index for r in b]
+            np.testing.assert_array_equal(np.stack([r.logits for r in a]), np.stack([r.logits for r in b]))
+
+
+def test_lambda_zero_and_the_budget_rules(exported, test_images):
+    """lambda >= 0 everywhere: 0 (the most accurate point, which validation may choose) runs; fixed modes
+    spend no budget and report none; a lambda and a deadline together are one line."""
+    from edge_runtime.core.budget import Budget
+    with Runtime.open(exported[1], mode="oneshot", budget=0.0) as rt:
+        assert rt.infer(test_images[0][0]).lam == 0.0
+        assert rt.infer(test_images[0][0], mode="full").lam is None
+        assert "lambda 0" in rt.describe()
+    with Runtime.open(exported[1], mode="full") as rt:
+        assert rt.infer(test_images[0][0]).lam is None and "lambda" not in rt.describe()
+    with pytest.raises(EdgeError, match="give one") as e:
+        Budget.of(0.1, deadline_ms=5)
+    assert e.value.exit == Exit.BAD_INPUT
+    for bad in (-0.5, float("inf"), True, "x"):
+        with pytest.raises(EdgeError, match=">= 0"):
+            Runtime.open(exported[1], budget=bad)

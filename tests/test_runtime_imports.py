@@ -4,17 +4,9 @@ import subprocess
 import sys
 import textwrap
 
-BLOCK_TORCH = textwrap.dedent("""
-    import importlib.abc, sys
+from conftest import import_blocker
 
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"torch is blocked on the device side (import of {name})")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
-""")
+BLOCK_TORCH = import_blocker("torch")
 
 CHECK = BLOCK_TORCH + textwrap.dedent("""
     import argparse, contextlib, importlib, io, pkgutil
@@ -63,3 +55,63 @@ def test_the_blocker_blocks():
     for stmt in ("import torch", "import edge_model.models.layers"):
         proc = run_python(BLOCK_TORCH + stmt)
         assert proc.returncode != 0 and "torch is blocked" in proc.stderr, stmt
+
+
+# The rooms of edge_runtime and what each may import (DESIGN.md 6, STYLE.md): imports run one way,
+# tools -> runtime (the API) and io -> backends -> core.
+ROOMS = {"core": {"core"}, "backends": {"core", "backends"}, "io": {"core", "io"},
+         "runtime": {"core", "backends", "runtime"}, "tools": {"core", "backends", "io", "runtime", "tools"}}
+
+
+def room(module: str) -> str:
+    """'core' for edge_runtime.core.x, 'runtime' for edge_runtime.runtime, ...; None outside edge_runtime."""
+    parts = module.split(".")
+    if parts[0] != "edge_runtime" or len(parts) == 1 or parts[1] not in ROOMS:
+        return None   # outside edge_runtime, or the package itself (its __version__)
+    return parts[1]
+
+
+def imports_of(path) -> list:
+    """(line, module) of every edge_runtime import in a file, at any depth (lazy imports count too)."""
+    import ast
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found += [(node.lineno, node.module + ("." + a.name if node.module == "edge_runtime" else ""))
+                      for a in node.names]
+    return [(line, m) for line, m in found if m.startswith("edge_runtime")]
+
+
+def direction_violations(root) -> list:
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent)
+        here = room(".".join(rel.with_suffix("").parts))
+        if here is None or here == "__init__":
+            continue
+        for line, module in imports_of(path):
+            there = room(module)
+            if there is not None and there not in ROOMS.get(here, set()):
+                bad.append(f"{rel}:{line} ({here}) imports {module} ({there})")
+    return bad
+
+
+def test_imports_run_one_way():
+    import edge_runtime
+    from pathlib import Path
+    root = Path(edge_runtime.__file__).parent
+    assert set(p.name for p in root.iterdir() if p.is_dir() and p.name != "__pycache__") == {
+        "core", "backends", "io", "tools"}
+    assert direction_violations(root) == []
+
+
+def test_the_direction_check_can_fail(tmp_path):
+    pkg = tmp_path / "edge_runtime"
+    (pkg / "core").mkdir(parents=True)
+    (pkg / "core" / "bad.py").write_text("def f():\n    from edge_runtime.tools.cli import main\n")
+    (pkg / "io").mkdir()
+    (pkg / "io" / "fine.py").write_text("from edge_runtime.core.errors import EdgeError\n")
+    assert direction_violations(pkg) == ["edge_runtime/core/bad.py:2 (core) imports edge_runtime.tools.cli (tools)"]

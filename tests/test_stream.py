@@ -9,8 +9,9 @@ import pytest
 from conftest import assert_one_line_error, run_infer
 from edge_runtime.io.datasets import image_split
 from edge_runtime.core.errors import Exit
-from edge_runtime.io.sources import SourceOptions, camera_index, open_source
-from edge_runtime.tools.stream import DeadlineBudget, Reservoir
+from edge_runtime.core.budget import Curve
+from edge_runtime.core.stats import Reservoir, summary_text
+from edge_runtime.io.sources import SourceOptions, open_source
 
 
 def run_ok(*args):
@@ -115,11 +116,6 @@ def test_wrong_engine_dir_and_bad_flags_are_one_line(exported, tmp_path):
                           Exit.BAD_INPUT, "edge-infer", "display://0")
 
 
-def test_camera_aliases():
-    assert [camera_index(u) for u in ("camera0", "/dev/video2", "v4l2://1", "v4l2:///dev/video3", "cam")] == \
-        [0, 2, 1, 3, None]
-
-
 def test_looped_source_and_rate():
     src = open_source("dataset://digits/test?limit=3", SourceOptions(loop=2))
     assert [f.name for f in src] == ["0", "1", "2"] * 3 and src.counts.captured == 9
@@ -145,12 +141,46 @@ def test_bench_stores_latencies_and_deadline_reads_them(engine_copy, tmp_path):
     assert len(r["variants"]) == 4 and r["adaptive"]["inputs"] == 40 and r["batched"]["batch"] == 8
     assert "Latency saving" in out and (tmp_path / "bench.md").is_file()
     m = json.loads((engine_copy / "manifest.json").read_text())
-    assert all(v["latency_ms"] > 0 for v in m["variants"]) and len(m["bench"]["budget_curve"]) == 9
-    budget = DeadlineBudget(m, deadline_ms=1e6)
-    assert budget.pick(0.0) == min(p["lambda"] for p in m["bench"]["budget_curve"])
-    assert budget.pick(2e6) == max(p["lambda"] for p in m["bench"]["budget_curve"])   # nothing fits: cheapest
+    (entry,) = m["bench"]
+    assert (entry["backend"], entry["precision"], entry["threads"], entry["batch"]) == ("onnxruntime", "fp32", 1, 1)
+    assert all(v > 0 for v in entry["variant_ms"].values()) and len(entry["variant_ms"]) == 4
+    curve = entry["curves"]["progressive"]
+    assert len(curve) == 9
+    assert Curve(curve).pick(1e6) == min(p["lambda"] for p in curve)
+    assert Curve(curve).pick(-1.0) == max(p["lambda"] for p in curve)   # nothing fits: the cheapest
     out = run_ok("dataset://digits/test?limit=5", "--engine-dir", engine_copy, "--headless", "--deadline-ms", "5")
     assert "deadline 5 ms" in out and "against full depth from edge-infer bench" in out
+    # measured at 1 thread: a deadline at 2 threads has no curve, and says so in one line
+    assert_one_line_error(run_infer("dataset://digits/test", "--engine-dir", engine_copy, "--headless", "--threads",
+                                    "2", "--deadline-ms", "5"), Exit.NOT_FOUND, "edge-infer", "2 thread(s)")
+    # a second bench in oneshot mode adds its curve beside progressive's, in the same entry
+    run_ok("bench", "--engine-dir", engine_copy, "--mode", "oneshot", "--iterations", "20", "--warmup", "2",
+           "--batch", "4", "--no-progress")
+    (entry,) = json.loads((engine_copy / "manifest.json").read_text())["bench"]
+    assert set(entry["curves"]) == {"progressive", "oneshot"}
+
+
+def test_budget_and_deadline_together_is_one_line(exported):
+    assert_one_line_error(run_infer("dataset://digits/test", "--engine-dir", exported[1], "--headless", "--budget",
+                                    "0.1", "--deadline-ms", "2"), Exit.BAD_INPUT, "edge-infer", "give one")
+    assert_one_line_error(run_infer("dataset://digits/test", "--engine-dir", exported[1], "--headless", "--budget",
+                                    "-1"), Exit.BAD_INPUT, "edge-infer", ">= 0")
+
+
+def test_stats_after_a_stream_equal_the_printed_summary(exported):
+    """One statistics object: what run_stream returns (and edge-infer prints) is rt.stats()."""
+    from edge_runtime.runtime import Runtime
+    from edge_runtime.tools.stream import StreamOptions, run_stream
+    lines = []
+    with Runtime.open(exported[1]) as rt:
+        source = open_source("dataset://digits/test?limit=30")
+        summary = run_stream(rt, source, [], StreamOptions(quiet=True, shadow=0.3, summary_every=0),
+                             say=lambda *a, **k: lines.append(a[0]))
+        assert summary == rt.stats()
+        assert summary_text(summary) == summary_text(rt.stats())
+    assert summary["frames"]["processed"] == 30 and summary["calls"] == 30
+    assert summary["shadow"]["frames"] > 0 and summary["accuracy"] is not None
+    assert summary["ms_per_frame"]["capture"] > 0 and summary["ms_per_frame"]["segments"] > 0
 
 
 def test_deadline_without_bench_is_one_line(exported):

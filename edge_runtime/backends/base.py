@@ -19,49 +19,11 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.chain import check_feed
 
 
 class BackendStateError(RuntimeError):
     """Calling a backend out of order (run before open, open twice): a bug in the caller, so a traceback."""
-
-
-def check_feed(name: str, spec, feed: dict) -> None:
-    """Inputs against the graph's spec: names, array type, dtype, rank, fixed dims, one batch size, finite.
-
-    Args:
-        name: the graph's name, for messages.
-        spec: its GraphSpec (inputs: [{name, shape, dtype}]; named axes are free but must agree).
-        feed: {input name: numpy array}.
-    """
-    expected = [i["name"] for i in spec.inputs]
-    for key in feed:
-        if key not in expected:
-            raise EdgeError(f"input '{key}' | not an input of {name} (it takes: {', '.join(expected)})",
-                            Exit.BAD_INPUT)
-    axes = {}   # axis name -> (size, input that set it)
-    for item in spec.inputs:
-        key, want = item["name"], item["shape"]
-        if key not in feed:
-            raise EdgeError(f"input '{key}' | missing ({name} takes: {', '.join(expected)})", Exit.BAD_INPUT)
-        x = feed[key]
-        if not isinstance(x, np.ndarray):
-            raise EdgeError(f"input '{key}' | a {type(x).__name__}, expected a numpy array", Exit.BAD_INPUT)
-        if x.dtype.name != item["dtype"]:
-            raise EdgeError(f"input '{key}' | dtype {x.dtype.name}, expected {item['dtype']}", Exit.BAD_INPUT)
-        shown = "(" + ", ".join(str(d) for d in want) + ")"
-        if x.ndim != len(want) or any(isinstance(d, int) and d != n for d, n in zip(want, x.shape)):
-            raise EdgeError(f"input '{key}' | shape {tuple(x.shape)}, expected {shown}", Exit.BAD_INPUT)
-        for d, n in zip(want, x.shape):
-            if isinstance(d, int):
-                continue
-            if n < 1:
-                raise EdgeError(f"input '{key}' | axis {d} is empty (shape {tuple(x.shape)})", Exit.BAD_INPUT)
-            seen = axes.setdefault(d, (n, key))
-            if seen[0] != n:
-                raise EdgeError(f"input '{key}' | {d} {n}, but '{seen[1]}' has {d} {seen[0]}", Exit.BAD_INPUT)
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise EdgeError(f"input '{key}' | holds NaN or infinite values", Exit.BAD_INPUT)
 
 
 class Executor(ABC):
@@ -114,6 +76,16 @@ class Executor(ABC):
         if check:
             check_feed("segment_0", self.graphs[0], feed)
         return self.place(feed)
+
+    def outputs(self, feed: dict, upto: int = None) -> list:
+        """Host outputs of every segment 0..upto (default: the last) on `feed`, segment by segment, as
+        progressive mode steps: what check, build and the benchmarks compare."""
+        last = len(self.graphs) - 1 if upto is None else upto
+        handle, outs = self.start(feed), []
+        for k in range(last + 1):
+            handle, host = self.segment(k, handle)
+            outs.append(host)
+        return outs
 
     def open(self) -> "Executor":
         if self.is_open:

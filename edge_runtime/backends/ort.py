@@ -86,7 +86,7 @@ class OrtExecutor(Executor):
         self.intra_op_num_threads = intra_op_num_threads
         self.sessions = []
         self.carried = carried_names([g.inputs for g in self.graphs])
-        self.outputs = [[o["name"] for o in g.outputs] for g in self.graphs]
+        self.output_names = [[o["name"] for o in g.outputs] for g in self.graphs]
         self.host = [host_outputs(g.outputs) for g in self.graphs]
 
     def load(self) -> None:
@@ -121,7 +121,7 @@ class OrtExecutor(Executor):
 
     def run(self, k: int, rows: Rows) -> dict:
         """Every output of segment k on `rows`, as numpy arrays ({name: array})."""
-        names = self.outputs[k]
+        names = self.output_names[k]
         return dict(zip(names, self.sessions[k].run(names, rows.feed)))
 
     def segment(self, k: int, rows: Rows) -> tuple:

@@ -89,7 +89,7 @@ class CalibrationSet:
     def arrays(self, inputs: list) -> dict:
         """{calib: {name: array}, val: {name: array}, val_labels, val_torch_pred}, checked against `inputs`
         (segment 0's I/O spec) and the list's hash and counts."""
-        from edge_runtime.backends.base import check_feed
+        from edge_runtime.core.chain import check_feed
         from edge_runtime.core.engine_dir import GraphSpec, sha256_file
         path = self.data_path
         if not path.is_file():

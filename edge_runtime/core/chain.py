@@ -2,9 +2,14 @@
 
 Segment 0 reads the model's inputs (`pixels`, or `input_ids` and `attention_mask`). Segment k + 1 reads
 segment k's `hidden_out` as `hidden`; its other inputs (the text models' `attention_mask`) pass through
-unchanged from segment 0's feed. Every segment also outputs its exit's `logits` and `conf`, and segment 0
+unchanged from segment 0's feed, which is checked once against the manifest (check_feed). Every segment
+also outputs its exit's `logits` and `conf`, and segment 0
 the controller's `features`: the few floats per row that leave the executor (HOST).
 """
+import numpy as np
+
+from edge_runtime.core.errors import EdgeError, Exit
+
 HIDDEN_IN, HIDDEN_OUT = "hidden", "hidden_out"
 HOST = ("logits", "conf", "features")
 
@@ -31,3 +36,41 @@ def host_outputs(outputs: list) -> tuple:
     """The names among a segment's manifest `outputs` that the controller reads."""
     names = [o["name"] for o in outputs]
     return tuple(n for n in HOST if n in names)
+
+
+def check_feed(name: str, spec, feed: dict) -> None:
+    """Inputs against the graph's spec: names, array type, dtype, rank, fixed dims, one batch size, finite.
+
+    Args:
+        name: the graph's name, for messages.
+        spec: its GraphSpec (inputs: [{name, shape, dtype}]; named axes are free but must agree).
+        feed: {input name: numpy array}.
+    """
+    expected = [i["name"] for i in spec.inputs]
+    for key in feed:
+        if key not in expected:
+            raise EdgeError(f"input '{key}' | not an input of {name} (it takes: {', '.join(expected)})",
+                            Exit.BAD_INPUT)
+    axes = {}   # axis name -> (size, input that set it)
+    for item in spec.inputs:
+        key, want = item["name"], item["shape"]
+        if key not in feed:
+            raise EdgeError(f"input '{key}' | missing ({name} takes: {', '.join(expected)})", Exit.BAD_INPUT)
+        x = feed[key]
+        if not isinstance(x, np.ndarray):
+            raise EdgeError(f"input '{key}' | a {type(x).__name__}, expected a numpy array", Exit.BAD_INPUT)
+        if x.dtype.name != item["dtype"]:
+            raise EdgeError(f"input '{key}' | dtype {x.dtype.name}, expected {item['dtype']}", Exit.BAD_INPUT)
+        shown = "(" + ", ".join(str(d) for d in want) + ")"
+        if x.ndim != len(want) or any(isinstance(d, int) and d != n for d, n in zip(want, x.shape)):
+            raise EdgeError(f"input '{key}' | shape {tuple(x.shape)}, expected {shown}", Exit.BAD_INPUT)
+        for d, n in zip(want, x.shape):
+            if isinstance(d, int):
+                continue
+            if n < 1:
+                raise EdgeError(f"input '{key}' | axis {d} is empty (shape {tuple(x.shape)})", Exit.BAD_INPUT)
+            seen = axes.setdefault(d, (n, key))
+            if seen[0] != n:
+                raise EdgeError(f"input '{key}' | {d} {n}, but '{seen[1]}' has {d} {seen[0]}", Exit.BAD_INPUT)
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise EdgeError(f"input '{key}' | holds NaN or infinite values", Exit.BAD_INPUT)

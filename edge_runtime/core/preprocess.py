@@ -78,7 +78,7 @@ class TextPreprocess:
     """The manifest's text spec: {max_len, pad_id} and the engine directory's tokenizer.json."""
 
     def __init__(self, spec: dict, tokenizer_file):
-        from edge_runtime.backends import lazy_import
+        from edge_runtime.core.lazy import lazy_import
         tokenizers = lazy_import("tokenizers")
         self.max_len, self.pad_id = int(spec["max_len"]), int(spec.get("pad_id", 0))
         try:

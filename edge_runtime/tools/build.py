@@ -183,14 +183,8 @@ def calibration_feeds(ex, engine: EngineDir, inputs: dict, batch: int) -> list:
 
 def predictions(ex, engine: EngineDir, inputs: dict, batch: int) -> np.ndarray:
     """(N, segments) argmax of every exit: the full chain once per batch, segment by segment."""
-    out = []
-    for part in batches(inputs, batch):
-        handle, preds = ex.start(part), []
-        for k in range(len(engine.segments)):
-            handle, host = ex.segment(k, handle)
-            preds.append(host["logits"].argmax(-1))
-        out.append(np.stack(preds, 1))
-    return np.concatenate(out)
+    return np.concatenate([np.stack([h["logits"].argmax(-1) for h in ex.outputs(part)], 1)
+                           for part in batches(inputs, batch)])
 
 
 def batch1_latency(executors: list, engine: EngineDir, inputs: dict, runs: int) -> list:

@@ -44,8 +44,8 @@ def cmd_build(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from edge_runtime.core.engine_dir import EngineDir, describe
-    # every build's stamp is reported, not enforced: info is how one finds out why run or check refuses
+    from edge_runtime.core.engine_dir import EngineDir
+    from edge_runtime.tools.info import describe
     print(describe(EngineDir.open(args.engine_dir)))
     return Exit.OK
 
