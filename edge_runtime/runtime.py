@@ -71,13 +71,12 @@ class RuntimeOptions:
     providers: tuple = ()          # ONNX Runtime execution providers; () = CPU
 
     @staticmethod
-    def add_args(p: argparse.ArgumentParser, precision: bool = True) -> None:
+    def add_args(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("runtime")
         g.add_argument("--backend", default="auto",
                        help=f"auto (what the engines were exported for) or one of: {', '.join(backends.BACKENDS)}")
-        if precision:
-            g.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                           help="fp32 (the optimised build when there is one) or int8 (needs edge-infer build)")
+        g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                       help="fp32 (the optimised build when there is one) or int8 (needs edge-infer build)")
         g.add_argument("--threads", type=int, default=1, metavar="N",
                        help="intra-op threads per graph (default 1: predictable latency; 0: the backend's default)")
         g.add_argument("--providers", default="", metavar="LIST",
@@ -88,7 +87,7 @@ class RuntimeOptions:
         if ns.threads < 0:
             raise EdgeError(f"--threads {ns.threads} | must be 0 (the backend's default) or more", Exit.BAD_INPUT)
         providers = tuple(p.strip() for p in ns.providers.split(",") if p.strip())
-        return cls(ns.backend, getattr(ns, "precision", "fp32"), ns.threads, providers)
+        return cls(ns.backend, ns.precision, ns.threads, providers)
 
     def backend_for(self, engine: EngineDir) -> str:
         """The backend to run: the one given (checked), or for auto the one the export was stamped with

@@ -118,6 +118,39 @@ def test_built_files_pass_the_hash_check_on_reopen(built, engine_copy):
     assert err.value.exit == Exit.CORRUPT
 
 
+def test_check_verifies_each_build(built):
+    """`edge-infer check --precision P` runs the build the runtime would serve, with that precision's
+    tolerances (int8: its quantisation error), against the PyTorch reference outputs."""
+    for precision, label in (("fp32", "onnxruntime fp32 build"), ("int8", "onnxruntime int8 build")):
+        out, err, code = run_infer("check", "--engine-dir", built[1], "--precision", precision)
+        assert code == Exit.OK, err
+        assert out.splitlines()[-1].startswith("PASS: 9 of 9") and label in out.splitlines()[-1]
+    # int8 is not fp32: at fp32's tolerances the same build fails, in one line
+    assert_refused(run_infer("check", "--engine-dir", built[1], "--precision", "int8", "--atol", "1e-4", "--rtol",
+                             "1e-3"), Exit.MISMATCH, "out of tolerance")
+
+
+def edit_build(engine_dir, precision, change):
+    m = json.loads((engine_dir / "manifest.json").read_text())
+    change(next(b for b in m["builds"] if b["precision"] == precision))
+    (engine_dir / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_tampered_build_stamp_is_refused_at_load(engine_copy):
+    edit_build(engine_copy, "int8", lambda b: b["versions"].update(onnxruntime="1.999.0"))
+    assert_refused(run_infer("check", "--engine-dir", engine_copy, "--precision", "int8"), Exit.BAD_INPUT,
+                   "manifest.json | builds[1] (onnxruntime int8 build): build stamp: onnxruntime 1.999.0",
+                   "needs 1.999")
+    assert_refused(run_infer("dataset://digits/test", "--engine-dir", engine_copy, "--headless", "--precision",
+                             "int8"), Exit.BAD_INPUT, "build stamp: onnxruntime 1.999.0")
+    edit_build(engine_copy, "int8", lambda b: b.update(backend="tensorrt"))
+    assert_refused(run_infer("check", "--engine-dir", engine_copy, "--precision", "int8"), Exit.NOT_FOUND,
+                   "no onnxruntime int8 build", "tensorrt int8 build")
+    edit_build(engine_copy, "fp32", lambda b: b["device"].update(machine="aarch64"))   # portable: still fits
+    out, err, code = run_infer("check", "--engine-dir", engine_copy)
+    assert code == Exit.OK, err
+
+
 def test_the_optimised_fp32_build_agrees_with_pytorch_on_the_test_set(built):
     import torch
 

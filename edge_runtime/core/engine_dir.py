@@ -152,7 +152,7 @@ class EngineDir:
             where, label, entry = "build", EXPORT, self.export_stamp
             paths = [self.file(s["file"]) for s in self.segments]
         else:
-            have = ", ".join(f"{b} {p}" for b, p, _, _ in self.builds())
+            have = ", ".join(label for _, _, label, _ in self.builds())
             raise EdgeError(f"{MANIFEST} | no {backend} {precision} build (this directory has: {have}; make one: "
                             f"edge-infer build --engine-dir {self.root} --precision {precision})", Exit.NOT_FOUND)
         graphs = [GraphSpec(f"segment_{s['index']}", p, s["inputs"], s["outputs"]) for s, p in zip(self.segments, paths)]

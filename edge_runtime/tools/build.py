@@ -63,9 +63,9 @@ class BuildOptions:
 
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
+        """The build's own flags; --precision (what to build: fp32 optimised graphs or int8 QDQ) is the
+        runtime group's (RuntimeOptions)."""
         g = p.add_argument_group("build")
-        g.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                       help="fp32: optimised graphs; int8: static QDQ quantisation (default fp32)")
         g.add_argument("--calib", default=None, metavar="FILE",
                        help="calibration list with its validation split (default calibration/<engine name>.txt)")
         g.add_argument("--calib-method", choices=METHODS, default=None,

@@ -26,6 +26,13 @@ from edge_runtime.runtime import RuntimeOptions
 STATS = ("max", "mean", "median", "p99")
 
 
+# (atol, rtol) by the build's precision. fp32 reproduces PyTorch to float rounding. int8 carries the
+# quantisation error (the digits engines' QDQ build: logits off by up to 0.43, features by up to 0.55, argmax
+# 16/16) and stays far below a wrong graph's, whose logits are off by their own size (several units); its
+# accuracy is what `edge-infer build` scored against its tolerance.
+TOLERANCES = {"fp32": (1e-4, 1e-3), "int8": (1.0, 0.1)}
+
+
 @dataclass
 class CheckOptions:
     atol: float = 1e-4
@@ -35,16 +42,19 @@ class CheckOptions:
     @staticmethod
     def add_args(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("comparison")
-        g.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
-        g.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+        shown = "; ".join(f"{k} {a:g}/{r:g}" for k, (a, r) in TOLERANCES.items())
+        g.add_argument("--atol", type=float, default=None, help=f"absolute tolerance (default by precision: {shown})")
+        g.add_argument("--rtol", type=float, default=None, help="relative tolerance (default by precision)")
         g.add_argument("--fail-fast", action="store_true", help="stop at the first output out of tolerance")
 
     @classmethod
     def from_args(cls, ns) -> "CheckOptions":
-        for flag, value in (("--atol", ns.atol), ("--rtol", ns.rtol)):
+        atol, rtol = TOLERANCES[ns.precision]
+        atol, rtol = (atol if ns.atol is None else ns.atol), (rtol if ns.rtol is None else ns.rtol)
+        for flag, value in (("--atol", atol), ("--rtol", rtol)):
             if not value >= 0:
                 raise EdgeError(f"{flag} {value} | must be a number >= 0", Exit.BAD_INPUT)
-        return cls(ns.atol, ns.rtol, ns.fail_fast)
+        return cls(atol, rtol, ns.fail_fast)
 
 
 def error_stats(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float, argmax: bool = True) -> dict:

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", allow_abbrev=False, help="ONNX Runtime builds: optimised fp32 or INT8 (QDQ), scored and recorded")
     b.add_argument("--engine-dir", required=True, metavar="DIR")
     BuildOptions.add_args(b)
-    RuntimeOptions.add_args(b, precision=False)   # build's --precision is the one it makes
+    RuntimeOptions.add_args(b)   # --precision: the build to make
     b.set_defaults(func=cmd_build)
     r = sub.add_parser("run", allow_abbrev=False, help="adaptive inference on a stream: edge-infer [run] INPUT [OUTPUT] --engine-dir DIR",
                        description="Sources: dataset://NAME/SPLIT[?limit=N], csi://N, /dev/videoN, v4l2://N, cameraN, "
