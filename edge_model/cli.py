@@ -4,7 +4,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit, run_command
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -166,15 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except EdgeError as err:
-        if args.traceback:
-            raise
-        print(f"edge-model: {err}", file=sys.stderr)
-        return err.exit
-    except KeyboardInterrupt:
-        return Exit.INTERRUPTED
+    return run_command("edge-model", lambda: args.func(args), args.traceback)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,6 @@ import socket
 import subprocess
 import sys
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -15,8 +13,7 @@ import torch
 from conftest import assert_one_line_error, run_cli
 from edge_model import train as train_mod
 from edge_model.checkpoint import load_checkpoint, param_digest
-from edge_model.evaluate import collect_exits, evaluate
-from edge_model.inputs import TextInputs
+from edge_model.evaluate import evaluate
 from edge_model.presets import create_model
 from edge_model.train import (config_from, multi_exit_loss, pick_device, shallow_weights,
                               to_device, train)

@@ -1,4 +1,5 @@
 """User errors: one line, a named exit code, never a traceback (HTTPie's ExitStatus shape)."""
+import sys
 from enum import IntEnum
 
 
@@ -18,3 +19,18 @@ class EdgeError(Exception):
     def __init__(self, message: str, exit: Exit = Exit.BAD_INPUT):
         super().__init__(message)
         self.exit = exit
+
+
+def run_command(prog: str, call, traceback: bool = False) -> int:
+    """`call()`'s exit code, the one way every CLI of the project ends: a user error is one line on stderr
+    under `prog` and its exit code (`traceback` re-raises it), Ctrl-C is 130; anything else is a bug and
+    keeps its traceback (Polygraphy's _main, HTTPie's main)."""
+    try:
+        return call()
+    except EdgeError as err:
+        if traceback:
+            raise
+        print(f"{prog}: {err}", file=sys.stderr)
+        return err.exit
+    except KeyboardInterrupt:
+        return Exit.INTERRUPTED

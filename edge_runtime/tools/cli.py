@@ -4,7 +4,7 @@ import os
 import sys
 
 from edge_runtime import __version__
-from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.errors import EdgeError, Exit, run_command
 
 
 def cmd_check(args) -> int:
@@ -214,21 +214,18 @@ def main(argv=None) -> int:
     if not any(a in COMMANDS for a in argv) and any(not a.startswith("-") for a in argv):
         argv.insert(0, "run")
     args = parser.parse_args(argv)
-    try:
-        if args.command is None:
-            parser.print_help()
-            return Exit.OK
-        return args.func(args)
-    except EdgeError as err:
-        if args.traceback:
-            raise
-        print(f"edge-infer: {err}", file=sys.stderr)
-        return err.exit
-    except KeyboardInterrupt:
-        return Exit.INTERRUPTED
-    except BrokenPipeError:            # `edge-infer ... | head`: the reader left, nothing is wrong
-        sys.stdout = open(os.devnull, "w")
+    if args.command is None:
+        parser.print_help()
         return Exit.OK
+
+    def call() -> int:
+        try:
+            return args.func(args)
+        except BrokenPipeError:        # `edge-infer ... | head`: the reader left, nothing is wrong
+            sys.stdout = open(os.devnull, "w")
+            return Exit.OK
+
+    return run_command("edge-infer", call, args.traceback)
 
 
 if __name__ == "__main__":
