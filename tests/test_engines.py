@@ -153,6 +153,10 @@ REFUSALS = {
     "bad-chain": (lambda d: edit_manifest(d, lambda m: m["variants"][2].update(chain=[0, 2])),
                   Exit.CORRUPT, ["variants[2].chain [0, 2]"]),
     "not-json": (lambda d: (d / "manifest.json").write_text("{"), Exit.CORRUPT, ["manifest.json | not valid JSON"]),
+    "negative-lambda": (lambda d: edit_manifest(d, lambda m: m["controller"]["operating_points"]["oneshot"]
+                                                .update({"lambda": -0.5})),
+                        Exit.CORRUPT, ["manifest.json controller.operating_points.oneshot.lambda -0.5 | lambda must "
+                                       "be a number >= 0"]),
 }
 
 
