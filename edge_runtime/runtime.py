@@ -111,7 +111,7 @@ class Runtime:
     """Adaptive-depth inference over one engine directory. Use `Runtime.open(...)`."""
 
     def __init__(self, engine: EngineDir, executor, built, controller: Controller, mode: Mode, spend: Spend,
-                 options: RuntimeOptions):
+                 options: RuntimeOptions, measured: dict):
         self.engine, self.executor, self.built, self.controller = engine, executor, built, controller
         self.mode, self.spend, self.options = mode, spend, options
         self.preprocess = make_preprocess(engine)
@@ -121,9 +121,7 @@ class Runtime:
         self.text = engine.task["kind"] == "text"
         self.full = Mode("fixed", len(self.depths) - 1)
         self.statistics = Stats(self.depths, self.chain_flops)
-        measured = engine.bench_for(built.backend, built.precision, options.threads)
-        if measured:
-            self.statistics.full_ms_stored = measured["variant_ms"].get(str(self.depths[-1]))
+        self.statistics.full_ms_stored = measured.get("variant_ms", {}).get(str(self.depths[-1]))
 
     @classmethod
     def open(cls, engine_dir, mode: str = "progressive", budget=None, options: RuntimeOptions = None,
@@ -151,7 +149,7 @@ class Runtime:
         try:
             controller = Controller(engine)
             controller.warm_up(len(engine.task["labels"]))
-            return cls(engine, executor, built, controller, the_mode, spend, options)
+            return cls(engine, executor, built, controller, the_mode, spend, options, measured)
         except BaseException:
             executor.close()
             raise
@@ -267,12 +265,11 @@ class Runtime:
         feed = self.preprocess.batch(xs)
         t1 = time.perf_counter()
         out = self.run(feed, budget, mode, spent_ms + (t1 - t0) * 1e3, check=False)
-        t2 = time.perf_counter()
         results = self.results(out)
         t3 = time.perf_counter()
         timings = {"preprocess": (t1 - t0) * 1e3, "segments": out.seconds["segments"] * 1e3,
                    "controller": out.seconds["controller"] * 1e3,
-                   "postprocess": ((t3 - t2) + (t2 - t1) - sum(out.seconds.values())) * 1e3}
+                   "postprocess": (t3 - t1 - sum(out.seconds.values())) * 1e3}   # results + run's own work
         for r in results:
             r.timings = dict(timings)
         if record:
