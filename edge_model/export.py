@@ -3,11 +3,11 @@
 Segment k's graph (DESIGN section 5): static shapes except the batch axis; text runs at max_len tokens.
   segment 0   inputs pixels (B, C, H, W) float32, or input_ids and attention_mask (B, T) int64
   later       inputs hidden (B, T, C) float32 (+ attention_mask for text)
-  every one   outputs hidden_out (B, T, C), logits (B, classes) and conf (B, 3): the controller's view of
-              the exit (edge_runtime.core.features.confidence), all float32
-  segment 0   also outputs features (B, 6 + P): the predictor's input (edge_runtime.core.features)
-The controller's features are computed in the graphs because on the device each numpy call between two
-segment runs costs microseconds (caches cold after the segment): in the graph they cost nearly nothing.
+  every one   outputs hidden_out (B, T, C) and its exit's logits (B, classes), float32
+The controller's features (confidence, input statistics, the projected pooled vector) are computed by
+the device's C kernels from these outputs (edge_runtime._kernels): in the graphs they cost 61 us of
+segment 0's 308 and 15 us of every later segment's 202 (ONNX Runtime, 1 thread, fmnist-vit-demo, one
+tiny op after another), in C about a microsecond.
 The hidden output is named hidden_out because an ONNX graph cannot use one name for an input and an
 output; the runtime feeds segment k's hidden_out to segment k+1's hidden.
 
@@ -19,7 +19,6 @@ without value_info (edge_runtime.core.onnx_files.drop_value_info: less activatio
 and with the lowest IR version their opset allows (lowest_ir: the device's older onnxruntime reads them).
 """
 import hashlib
-import math
 from pathlib import Path
 
 import torch
@@ -31,71 +30,7 @@ from edge_runtime.core.errors import EdgeError
 OPSET = 17   # TensorRT 8.5 (JetPack 5 on Xavier) parses up to opset 17
 
 
-def output_names(k: int) -> list:
-    return ["hidden_out", "logits", "conf"] + (["features"] if k == 0 else [])
-
-
-def mean_last(x):
-    """Mean over the last axis written sum / n: ReduceMean's axes became an input in opset 18, and the
-    exporter's down-conversion to 17 fails on it (edge_model.fold)."""
-    return x.sum(-1) / x.shape[-1]
-
-
-def confidence(logits):
-    """(B, 3) max probability, top-1 minus top-2 margin, entropy / log(classes): the torch twin of
-    edge_runtime.core.features.confidence, tested equal."""
-    log_p = torch.log_softmax(logits, -1)
-    p = log_p.exp()
-    top2 = torch.topk(p, 2, dim=-1).values
-    entropy = -(p * log_p).sum(-1) / math.log(logits.shape[-1])
-    return torch.stack([top2[:, 0], top2[:, 0] - top2[:, 1], entropy], -1)
-
-
-class ControllerOutputs(torch.nn.Module):
-    """Segment k of a folded model with the controller's inputs as extra graph outputs."""
-
-    def __init__(self, segment, k: int, projection, text: bool, max_len: int = 0):
-        """Args:
-            segment: folded.segment(k).
-            projection: edge_runtime.core.engine_dir.Projection (weight (C, P), bias (P,), eps) for segment 0.
-            text: inputs are (input_ids, attention_mask); max_len scales the token count.
-        """
-        super().__init__()
-        self.segment, self.k, self.text, self.max_len = segment, k, text, max_len
-        if k == 0:
-            self.register_buffer("weight", torch.from_numpy(projection.weight))
-            self.register_buffer("bias", torch.from_numpy(projection.bias))
-            self.eps = projection.eps
-
-    def input_stats(self, x, mask):
-        """(B, 3): edge_runtime.core.features.image_stats of the pixels, or text_stats of the mask."""
-        if self.text:
-            count = mask.float().sum(-1, keepdim=True) / self.max_len
-            return torch.cat([count, torch.zeros_like(count), torch.zeros_like(count)], -1)
-        flat = x.flatten(1)
-        mean = mean_last(flat)
-        std = mean_last((flat - mean[:, None]) ** 2).sqrt()
-        dx = mean_last((x[..., 1:] - x[..., :-1]).abs().flatten(1))
-        dy = mean_last((x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1))
-        return torch.stack([mean, std, dx + dy], -1)
-
-    def projected(self, h, mask):
-        """(B, P): edge_runtime.core.engine_dir.Projection of segment 0's hidden output."""
-        if mask is None:
-            pooled = h.sum(1) / h.shape[1]
-        else:
-            keep = mask.float()[:, :, None]
-            pooled = (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)
-        pooled = pooled - mean_last(pooled)[:, None]
-        pooled = pooled / (mean_last(pooled * pooled)[:, None] + self.eps).sqrt()
-        return pooled @ self.weight + self.bias
-
-    def forward(self, x, mask=None):
-        h, logits = self.segment(x, mask)
-        conf = confidence(logits)
-        if self.k:
-            return h, logits, conf
-        return h, logits, conf, torch.cat([self.input_stats(x, mask), conf, self.projected(h, mask)], -1)
+OUTPUTS = ["hidden_out", "logits"]
 
 
 def input_names(k: int, text: bool) -> list:
@@ -122,7 +57,11 @@ def quiet_export():
 
 def example_inputs(folded, example) -> tuple:
     """(x, mask or None) from `example`: images (B, C, H, W), or (input_ids, attention_mask) for text."""
-    backbone = folded.backbone
+    return example_inputs_of(folded.backbone, example)
+
+
+def example_inputs_of(backbone, example) -> tuple:
+    """example_inputs for an (unfolded or folded) backbone."""
     if isinstance(backbone, AdaptiveTextEncoder):
         if not isinstance(example, (tuple, list)) or len(example) != 2:
             raise EdgeError("example | a text model exports from (input_ids, attention_mask)")
@@ -175,42 +114,115 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export_segments(folded, out_dir, example, projection, opset: int = OPSET) -> list:
+class DepthGraph(torch.nn.Module):
+    """The folded model from its inputs to exit k, with no other exit head: what fixed:D and full run.
+    The segments compute every exit head and the controller's features on the way; a mode that reads no
+    intermediate exit pays for none of them here (DESIGN section 5)."""
+
+    def __init__(self, folded, k: int, start: int = 0):
+        """start 0: from the model's inputs; 1: from segment 0's hidden_out (the rest of a oneshot chain)."""
+        super().__init__()
+        self.backbone, self.k, self.start = folded.backbone, k, start
+
+    def forward(self, x, mask=None):
+        b = self.backbone
+        bias, keep = b.attention_inputs(mask)
+        h = b.embed(x) if self.start == 0 else x
+        for j in range(self.start, self.k + 1):   # python ints: the loop unrolls at export
+            h = b.run_segment(h, j, bias)
+        return b.exit_logits(h, self.k, keep)
+
+
+class PlainGraph(torch.nn.Module):
+    """The unfolded model at full depth, as a user exports it without this product: the baseline."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, mask=None):
+        return self.model(x, mask)
+
+
+def export_graph(module, args: tuple, path: Path, names: list, outputs: list, opset: int,
+                 dynamo: bool = True) -> dict:
+    """One module as one self-contained ONNX file, dynamic batch axis, checked and run once (verify).
+    dynamo=False: the TorchScript exporter (the plain baseline: the unfolded model's ops do not all come
+    down to opset 17 through the dynamo exporter). Returns file, bytes, sha256, inputs, outputs and
+    ort_max_abs."""
+    import onnx
+    with torch.no_grad():
+        expected = module(*args)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    with quiet_export():
+        if dynamo:
+            batch = torch.export.Dim("batch", min=1)
+            torch.onnx.export(module, args, str(path), dynamo=True, external_data=False, opset_version=opset,
+                              input_names=names, output_names=outputs,
+                              dynamic_shapes=tuple({0: batch} for _ in args))
+        else:
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=names,
+                              output_names=outputs, dynamic_axes={n: {0: "batch"} for n in names + outputs})
+    onnx.save(lowest_ir(drop_value_info(onnx.load(str(path))), opset), str(path))
+    checked = verify(path, names, outputs, args, expected, opset)
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path), **checked,
+            "expected": expected}
+
+
+def export_segments(folded, out_dir, example, opset: int = OPSET) -> list:
     """Write segment_0.onnx ... into out_dir, one self-contained file per segment of `folded`.
 
     Args:
         folded: a FoldedModel (edge_model.fold).
         out_dir: the directory to write to (created if missing).
         example: images (B, C, H, W), or (input_ids, attention_mask) of shape (B, max_len) for text.
-        projection: the controller's feature projection (edge_runtime.core.engine_dir.Projection).
         opset: the ai.onnx opset the files must declare.
     Returns:
         Per segment: index, exit depth, file, bytes, sha256, inputs and outputs (name, shape, dtype),
         params (read by the segment), and ort_max_abs (ONNX Runtime against the folded torch segment
         on the example, the largest over its outputs).
     """
-    import onnx
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     x, mask = example_inputs(folded, example)
     text = mask is not None
-    batch = torch.export.Dim("batch", min=1)
     records, h = [], x
-    max_len = getattr(folded.backbone.cfg, "max_len", 0)
     for k, depth in enumerate(folded.exits):
-        seg = ControllerOutputs(folded.segment(k), k, projection, text, max_len)
-        names, outputs = input_names(k, text), output_names(k)
         args = (h, mask) if text else (h,)
-        with torch.no_grad():
-            expected = seg(*args)
-        path = out / f"segment_{k}.onnx"
-        with quiet_export():
-            torch.onnx.export(seg, args, str(path), dynamo=True, external_data=False, opset_version=opset,
-                              input_names=names, output_names=outputs,
-                              dynamic_shapes=tuple({0: batch} for _ in args))
-        onnx.save(lowest_ir(drop_value_info(onnx.load(str(path))), opset), str(path))
-        checked = verify(path, names, outputs, args, expected, opset)
-        records.append({"index": k, "exit": depth, "file": path.name, "bytes": path.stat().st_size,
-                        "sha256": sha256(path), **checked, "params": folded.segment_params(k)})
-        h = expected[0]
+        rec = export_graph(folded.segment(k), args, out / f"segment_{k}.onnx", input_names(k, text), OUTPUTS, opset)
+        h = rec.pop("expected")[0]
+        records.append({"index": k, "exit": depth, **rec, "params": folded.segment_params(k)})
     return records
+
+
+def export_chains(folded, out_dir, example, opset: int = OPSET) -> list:
+    """The chain graphs: chain_0_K.onnx runs the model's inputs to exit K (fixed and full), chain_1_K.onnx
+    segment 0's hidden_out to exit K (the rest of a oneshot chain), each with exit K's head only.
+    Returns per graph: from (0 or 1), to (K), and export_graph's record."""
+    out = Path(out_dir)
+    x, mask = example_inputs(folded, example)
+    text = mask is not None
+    with torch.no_grad():
+        h0 = folded.segment(0)(x, mask)[0]
+    records = []
+    for start, first in ((0, x), (1, h0)):
+        names = input_names(start, text)
+        args = (first, mask) if text else (first,)
+        for k in range(start, len(folded.exits)):
+            rec = export_graph(DepthGraph(folded, k, start), args, out / f"chain_{start}_{k}.onnx", names,
+                               ["logits"], opset)
+            rec.pop("expected")
+            records.append({"from": start, "to": k, **rec})
+    return records
+
+
+def export_plain(model, path: Path, example, opset: int = OPSET) -> dict:
+    """The unfolded model's full depth as one plain graph (inputs -> logits), as a user exports it without
+    this product (the TorchScript exporter, opset 17): what edge-infer bench measures every mode against.
+    Not part of what the device needs."""
+    x, mask = example_inputs_of(model, example)
+    text = mask is not None
+    rec = export_graph(PlainGraph(model).eval(), (x, mask) if text else (x,), path, input_names(0, text),
+                       ["logits"], opset, dynamo=False)
+    rec.pop("expected")
+    return rec

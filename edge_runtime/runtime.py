@@ -27,7 +27,7 @@ from edge_runtime.core.budget import Budget, Curve, Spend
 from edge_runtime.core.controller import MODES, Controller, Mode
 from edge_runtime.core.engine_dir import EngineDir
 from edge_runtime.core.errors import EdgeError, Exit
-from edge_runtime.core.features import softmax
+from edge_runtime.core.kernels import kernels
 from edge_runtime.core.manifest import MANIFEST
 from edge_runtime.core.preprocess import make_preprocess
 from edge_runtime.core.stats import Stats
@@ -42,7 +42,7 @@ class Result:
     score: float               # softmax probability of the label at the exit that answered
     depth: int                 # layers run
     exit_index: int            # which exit answered
-    flops: int                 # what ran: the segments of the chain (their exit heads included)
+    flops: int                 # what ran: the graphs of the mode's route to this exit (mode_flops)
     timings: dict = field(default_factory=dict)   # ms per stage, of the call (shared by a batch's rows)
     logits: np.ndarray = None  # (classes,) the answering exit's logits
     lam: float = None          # the budget the call spent at (None in fixed and full modes)
@@ -60,6 +60,7 @@ class BatchOutput:
     exit_index: np.ndarray     # (N,)
     seconds: dict              # stage -> seconds for the whole batch (segments, controller)
     lam: float = None          # the lambda it ran at; None in fixed and full modes
+    flops: np.ndarray = None   # (exits,) FLOPs per input of stopping at each exit, in the mode that ran
 
 
 @dataclass
@@ -104,7 +105,30 @@ class RuntimeOptions:
         reason = backends.stamp_refusal(built.stamp)
         if reason:
             raise EdgeError(f"{MANIFEST} | {built.where} ({built.label}): {reason}", Exit.BAD_INPUT)
-        return backends.create(name, built.graphs, self.threads, self.providers), built
+        return backends.create(name, built.graphs, self.threads, self.providers, built.chains), built
+
+
+def graphs_for(executor, mode: Mode, num_exits: int) -> list:
+    """The graphs a mode runs, loaded at open (another mode's load when a call first asks for it)."""
+    last = num_exits - 1
+    if mode.name == "fixed":
+        return executor.route(0, mode.exit_index)
+    if mode.name == "oneshot":
+        return sorted({executor.graphs[0].name} | {g for d in range(1, num_exits) for g in executor.route(1, d)})
+    return executor.route(0, 0) if last == 0 else [g.name for g in executor.graphs]
+
+
+def mode_flops(engine: EngineDir, executor) -> dict:
+    """FLOPs per input of each exit, per mode, of the graphs that mode runs (executor.route): progressive
+    runs every exit head on the way, oneshot segment 0's and the chain's, fixed and full one head."""
+    flops = {f"segment_{s['index']}": s["flops"] for s in engine.segments}
+    flops.update({f"chain_{c['from']}_{c['to']}": c["flops"] for c in engine.manifest.get("chains") or []})
+    E = len(engine.segments)
+    cost = lambda j, d: sum(flops[g] for g in executor.route(j, d))   # noqa: E731
+    return {"progressive": np.cumsum([flops[f"segment_{k}"] for k in range(E)], dtype=np.int64),
+            "oneshot": np.array([flops["segment_0"]] + [flops["segment_0"] + cost(1, d) for d in range(1, E)],
+                                np.int64),
+            "fixed": np.array([cost(0, d) for d in range(E)], np.int64)}
 
 
 class Runtime:
@@ -118,9 +142,13 @@ class Runtime:
         self.labels = list(engine.task["labels"])
         self.depths = [v["depth"] for v in engine.variants]
         self.chain_flops = np.cumsum([s["flops"] for s in engine.segments], dtype=np.int64)
+        self.flops = mode_flops(engine, executor)
+        self._exit_of = [np.array([k], np.int64) for k in range(len(engine.segments))]   # batch 1's exit_index
+        for a in self._exit_of:
+            a.flags.writeable = False
         self.text = engine.task["kind"] == "text"
         self.full = Mode("fixed", len(self.depths) - 1)
-        self.statistics = Stats(self.depths, self.chain_flops)
+        self.statistics = Stats(self.depths, self.flops["fixed"][-1])
         self.statistics.full_ms_stored = measured.get("variant_ms", {}).get(str(self.depths[-1]))
 
     @classmethod
@@ -145,7 +173,7 @@ class Runtime:
         curves = {m: Curve(points) for m, points in measured.get("curves", {}).items()}
         spend = Spend(spend_on, engine.controller["operating_points"], curves,
                       f"{built.backend} {built.precision}, {options.threads} thread(s)")
-        executor.open()
+        executor.open(graphs_for(executor, the_mode, len(engine.segments)))
         try:
             controller = Controller(engine)
             controller.warm_up(len(engine.task["labels"]))
@@ -185,27 +213,31 @@ class Runtime:
             mode: a mode for this call; None: the runtime's.
             check: False for feeds `preprocess` made (checked there).
         """
-        the_mode = self.parse_mode(mode)
-        lam = self.spend.lam(the_mode, spent_ms) if budget is None or the_mode.name == "fixed" else \
-            Budget.of(budget).lam
+        the_mode = self.mode if mode is None else self.parse_mode(mode)
         ex = self.executor
         handle = ex.start(feed, check)
         n = len(next(iter(feed.values())))
+        if the_mode.name == "fixed":    # one chain call: no budget, no controller
+            k = the_mode.exit_index
+            t0 = time.perf_counter()
+            logits = ex.chain(0, k, handle)["logits"]
+            t1 = time.perf_counter()
+            exits = self._exit_of[k] if n == 1 else np.full(n, k, np.int64)
+            return BatchOutput(logits, exits, {"segments": t1 - t0, "controller": 0.0}, None, self.flops["fixed"])
+        lam = self.spend.lam(the_mode, spent_ms) if budget is None else Budget.of(budget).lam
+        if n == 1:
+            return self._run_one(the_mode, handle, feed, lam)
+        flops = self.flops[the_mode.name]
         t0 = time.perf_counter()
-        if the_mode.name == "fixed":
-            host = ex.chain(0, the_mode.exit_index, handle)
-            return BatchOutput(host["logits"], np.full(n, the_mode.exit_index, np.int64),
-                               {"segments": time.perf_counter() - t0, "controller": 0.0}, None)
         handle, host = ex.segment(0, handle)
         t1 = time.perf_counter()
-        decision = self.controller.start(the_mode, np.full(n, lam, np.float32), host["features"], host["logits"],
-                                         host["conf"])
-        stop = decision.stop(0, host["logits"], host["conf"])
+        decision = self.controller.start(the_mode, np.full(n, lam, np.float32), feed, host)
+        stop = decision.stop(0, host["logits"])
         t2 = time.perf_counter()
         t_seg, t_ctrl = t1 - t0, t2 - t1
         logits = host["logits"]
         if stop.all():                  # every row leaves at the first exit
-            return BatchOutput(logits, np.zeros(n, np.int64), {"segments": t_seg, "controller": t_ctrl}, lam)
+            return BatchOutput(logits, np.zeros(n, np.int64), {"segments": t_seg, "controller": t_ctrl}, lam, flops)
         logits_out = np.empty((n, logits.shape[1]), np.float32)
         exit_out = np.zeros(n, np.int64)
         rows = np.arange(n)
@@ -221,7 +253,33 @@ class Runtime:
             t_seg += time.perf_counter() - t3
         else:
             t_seg, t_ctrl = self._progressive(handle, rows, decision, logits_out, exit_out, t_seg, t_ctrl)
-        return BatchOutput(logits_out, exit_out, {"segments": t_seg, "controller": t_ctrl}, lam)
+        return BatchOutput(logits_out, exit_out, {"segments": t_seg, "controller": t_ctrl}, lam, flops)
+
+    def _run_one(self, mode: Mode, handle, feed: dict, lam: float) -> BatchOutput:
+        """`run` for one input, the case a camera stream lives in: the same calls, with none of the batch
+        bookkeeping (between two segment runs every numpy call costs microseconds of cold caches)."""
+        ex, clock = self.executor, time.perf_counter
+        t0 = clock()
+        handle, host = ex.segment(0, handle)
+        t1 = clock()
+        decision = self.controller.start(mode, np.full(1, lam, np.float32), feed, host)
+        stop = decision.stop(0, host["logits"])[0]
+        t2 = clock()
+        t_seg, t_ctrl, k, logits = t1 - t0, t2 - t1, 0, host["logits"]
+        if not stop and mode.name == "oneshot":
+            k = int(decision.target[0])
+            logits = ex.chain(1, k, handle)["logits"]
+            t_seg += clock() - t2
+        while not stop and mode.name != "oneshot":
+            t0 = clock()
+            k += 1
+            handle, host = ex.segment(k, handle)
+            t1 = clock()
+            logits = host["logits"]
+            stop = decision.stop(k, logits)[0]
+            t_seg, t_ctrl = t_seg + (t1 - t0), t_ctrl + (clock() - t1)
+        return BatchOutput(logits, self._exit_of[k], {"segments": t_seg, "controller": t_ctrl}, lam,
+                           self.flops[mode.name])
 
     def _oneshot(self, handle, rows, target, logits_out, exit_out) -> None:
         """Each row's chain 1..target in one call per distinct target (one call at batch 1)."""
@@ -239,7 +297,7 @@ class Runtime:
             handle, host = ex.segment(k, handle)
             t1 = time.perf_counter()
             logits = host["logits"]
-            stop = decision.stop(k, logits, host["conf"])
+            stop = decision.stop(k, logits)
             t2 = time.perf_counter()
             t_seg, t_ctrl = t_seg + (t1 - t0), t_ctrl + (t2 - t1)
             if stop.all():              # the last rows leave (at batch 1, the only branch taken)
@@ -256,6 +314,10 @@ class Runtime:
     def infer_batch(self, xs, budget=None, mode=None, spent_ms: float = 0.0, record: bool = True) -> list:
         """One Result per raw input (images as arrays, or strings for text models).
 
+        Timings (ms, shared by the batch's rows): preprocess, segments, controller, and runtime: everything
+        else the call spends (the scheduler's own Python, the results, the statistics), so the stages sum
+        to the call's wall time.
+
         Args:
             xs: the raw inputs.
             budget, mode, spent_ms: as for `run`.
@@ -266,25 +328,31 @@ class Runtime:
         t1 = time.perf_counter()
         out = self.run(feed, budget, mode, spent_ms + (t1 - t0) * 1e3, check=False)
         results = self.results(out)
-        t3 = time.perf_counter()
-        timings = {"preprocess": (t1 - t0) * 1e3, "segments": out.seconds["segments"] * 1e3,
-                   "controller": out.seconds["controller"] * 1e3,
-                   "postprocess": (t3 - t1 - sum(out.seconds.values())) * 1e3}   # results + run's own work
+        seg, ctrl = out.seconds["segments"] * 1e3, out.seconds["controller"] * 1e3
+        timings = {"preprocess": (t1 - t0) * 1e3, "segments": seg, "controller": ctrl, "runtime": 0.0}
         for r in results:
-            r.timings = dict(timings)
+            r.timings = timings                                     # one dict, shared by the batch's rows
         if record:
-            self.statistics.add_call(out.exit_index, timings)
+            self.statistics.add_call(out.exit_index, out.flops, timings)
+        t2 = time.perf_counter()
+        runtime = (t2 - t1) * 1e3 - seg - ctrl
+        timings["runtime"] = runtime
+        if record:
+            self.statistics.ms["runtime"] += runtime
         return results
 
     def infer(self, x, budget=None, mode=None, spent_ms: float = 0.0, record: bool = True) -> Result:
         """The Result for one raw input."""
-        return self.infer_batch([x], budget, mode, spent_ms, record)[0]
+        return self.infer_batch((x,), budget, mode, spent_ms, record)[0]
 
     def results(self, out: BatchOutput) -> list:
-        proba = softmax(out.logits.astype(np.float64))
-        idx = out.logits.argmax(1)
-        return [Result(self.labels[i], int(i), float(proba[r, i]), self.depths[k], int(k), int(self.chain_flops[k]),
-                       logits=out.logits[r], lam=out.lam) for r, (i, k) in enumerate(zip(idx, out.exit_index))]
+        """One Result per row: the argmax label and its softmax probability (in C: edge_runtime._kernels)."""
+        n = len(out.logits)
+        index, score = np.empty(n, np.int64), np.empty(n, np.float64)
+        kernels.top1(out.logits, index, score)
+        labels, depths, lam = self.labels, self.depths, out.lam
+        return [Result(labels[i], i, s, depths[k], k, int(out.flops[k]), logits=out.logits[r], lam=lam)
+                for r, (i, k, s) in enumerate(zip(index.tolist(), out.exit_index.tolist(), score.tolist()))]
 
     def stats(self) -> dict:
         """Counters since open (edge_runtime.core.stats.Stats.summary): frames, depth histogram, FLOPs against

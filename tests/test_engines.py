@@ -26,13 +26,20 @@ def edit_manifest(engine_dir, change):
 def test_export_writes_a_complete_verified_directory(exported):
     ckpt, engines = exported
     m = json.loads((engines / "manifest.json").read_text())
-    assert (m["schema"], m["schema_version"], m["name"]) == ("edge-engines", 3, "digits")
+    assert (m["schema"], m["schema_version"], m["name"]) == ("edge-engines", 4, "digits")
     assert [s["exit"] for s in m["segments"]] == [1, 2, 3, 4]
     assert [v["chain"] for v in m["variants"]] == [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]
     flops = [v["flops"] for v in m["variants"]]
     assert flops == sorted(flops) and flops[-1] == sum(s["flops"] for s in m["segments"])
     assert all(0 < v["val_accuracy"] <= 1 for v in m["variants"]) and "bench" not in m
-    refs = m["segments"] + [m["controller"][k] for k in ("predictor", "policy", "policy_arrays", "projection")] \
+    # a chain graph per (0, K) and (1, K >= 1), each at the plain depth-K model's FLOPs (one exit head)
+    chains = {(c["from"], c["to"]): c for c in m["chains"]}
+    assert sorted(chains) == [(0, k) for k in range(4)] + [(1, k) for k in range(1, 4)]
+    assert [chains[(0, k)]["flops"] for k in range(4)] == [round(v * m["baseline"]["flops"])
+                                                            for v in m["controller"]["costs"]["plain"]]
+    assert chains[(0, 3)]["flops"] == m["baseline"]["flops"] < flops[-1]
+    assert m["baseline"]["file"] == "reference/full.onnx" and (engines / "reference/full.onnx").is_file()
+    refs = m["segments"] + m["chains"] + [m["controller"][k] for k in ("predictor", "policy", "policy_arrays", "projection")] \
         + [m["reference"]]
     for r in refs:
         assert "/" not in r["file"] and (engines / r["file"]).is_file()
@@ -51,15 +58,16 @@ def test_check_passes(exported):
     out, err, code = run_infer("check", "--engine-dir", exported[1], "--threads", "1")
     assert code == Exit.OK and err == "", err
     rows = [line for line in out.splitlines() if line.endswith(("PASS", "FAIL"))]
-    assert len(rows) == 9 and all(r.endswith("PASS") for r in rows)   # 4 variants x (logits, conf) + features
-    assert out.splitlines()[-1].startswith("PASS: 9 of 9")
+    # the features, then each exit's logits by every path to it: segments and chain, oneshot's from exit 2 on
+    assert len(rows) == 12 and all(r.endswith("PASS") for r in rows)
+    assert out.splitlines()[-1].startswith("PASS: 12 of 12")
 
 
 def test_check_reports_a_mismatch_and_fails(exported, tmp_path):
     report = tmp_path / "check.json"
     out, err, code = run_infer("check", "--engine-dir", exported[1], "--threads", "1", "--atol", "0", "--rtol", "0",
                                "--fail-fast", "--json", report)
-    assert_refused((out, err, code), Exit.MISMATCH, "out of tolerance", "depth 1 logits")
+    assert_refused((out, err, code), Exit.MISMATCH, "out of tolerance", "depth 1 segment 0 features")
     assert out.splitlines()[-1].startswith("FAIL: 0 of 1")
     results = json.loads(report.read_text())
     assert results["passed"] is False and results["stopped_early"] and len(results["results"]) == 1
@@ -88,9 +96,11 @@ def test_every_variant_agrees_with_pytorch(exported):
             assert (chained["logits"].argmax(-1) == torch_logits[:, k].argmax(-1)).all(), v["depth"]
 
 
-def test_segment_0_computes_the_fitted_features(exported):
-    """Segment 0's `features` output equals what the predictor was fitted on: the cached input statistics,
-    the first exit's confidence and its post-affine pooled vector times the fitted P (numpy, workstation)."""
+def test_the_device_computes_the_fitted_features(exported):
+    """The controller's features from segment 0's outputs (its C kernels) equal what the predictor was fitted
+    on: the cached input statistics, the first exit's confidence and its post-affine pooled vector times the
+    fitted P (numpy, workstation)."""
+    from edge_runtime.core.controller import Controller
     from edge_model.controller.fit import load_tables
     from edge_model.controller.predictor import table_features
     from edge_runtime.backends.ort import OrtExecutor
@@ -102,9 +112,9 @@ def test_segment_0_computes_the_fitted_features(exported):
     with np.load(ckpt / "controller" / "predictor.npz") as z:
         expected = table_features(load_tables(ckpt, ("test",))["test"].subset(np.arange(n)), z["projection"])
     with OrtExecutor(engine.graphs(), intra_op_num_threads=1) as ex:
-        _, out = ex.segment(0, ex.start({"pixels": ref["pixels"]}))
-    np.testing.assert_allclose(out["features"], expected, atol=1e-4)
-    np.testing.assert_allclose(out["conf"], expected[:, 3:6], atol=1e-5)
+        feed = {"pixels": ref["pixels"]}
+        _, out = ex.segment(0, ex.start(feed))
+    np.testing.assert_allclose(Controller(engine).features(feed, out), expected, atol=1e-4)
 
 
 def test_info(exported):
@@ -143,7 +153,7 @@ REFUSALS = {
                  Exit.CORRUPT, ["not a relative path", "reference.file"]),
     "link-outside": (outside_link, Exit.CORRUPT, ["segment_0.onnx | resolves outside"]),
     "schema-version": (lambda d: edit_manifest(d, lambda m: m.update(schema_version=1)),
-                       Exit.CORRUPT, ["manifest.json | schema_version 1, this runtime reads 3"]),
+                       Exit.CORRUPT, ["manifest.json | schema_version 1, this runtime reads 4"]),
     "other-schema": (lambda d: edit_manifest(d, lambda m: m.update(schema="something")),
                      Exit.CORRUPT, ["manifest.json | schema 'something'"]),
     "other-backend": (lambda d: edit_manifest(d, lambda m: m["build"].update(backend="tensorrt")),
@@ -185,9 +195,9 @@ def test_executor_checks_its_use_and_its_inputs(exported):
         with pytest.raises(BackendStateError):
             ex.open()
         handle, host = ex.segment(0, ex.start({"pixels": x}))
-        assert set(host) == {"logits", "conf", "features"} and host["logits"].shape == (2, 10)
+        assert set(host) == {"logits", "hidden_out"} and host["logits"].shape == (2, 10)
         _, host = ex.segment(1, ex.keep(handle, np.array([False, True])))
-        assert set(host) == {"logits", "conf"} and host["logits"].shape == (1, 10)
+        assert set(host) == {"logits"} and host["logits"].shape == (1, 10)
         nan = x.copy()
         nan[0, 0, 0, 0] = np.nan
         for feed, words in [({"pixels": x.astype(np.float64)}, "input 'pixels' | dtype float64, expected float32"),

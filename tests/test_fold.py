@@ -61,34 +61,21 @@ def test_folding_is_exact_and_smaller(arch):
     assert report["scale_multiplies_removed"] == depth
 
 
-def projection(model, dims: int = 4):
-    """A random feature projection of the model's width (the export bakes one into segment 0)."""
-    from edge_runtime.core.engine_dir import Projection
-    width = model.heads[0].norm.normalized_shape[0]
-    rng = np.random.default_rng(0)
-    return Projection(rng.normal(size=(width, dims)).astype(np.float32), rng.normal(size=dims).astype(np.float32),
-                      1e-6)
-
-
-def test_graph_features_equal_the_numpy_definition():
-    """The torch twin of the controller features (edge_model.export) against edge_runtime.core.features."""
-    from edge_model.export import ControllerOutputs, confidence
-    from edge_runtime.core import features
-    logits = torch.randn(64, 10) * 4
-    np.testing.assert_allclose(confidence(logits).numpy(), features.confidence(logits.numpy()), atol=1e-6)
+def test_chain_graphs_equal_the_folded_segments():
+    """DepthGraph (the chain graphs: segments j..k, exit k's head only) computes what chaining the folded
+    segments computes, from the inputs and from segment 0's hidden output."""
+    from edge_model.export import DepthGraph
     for arch in ("vit", "text"):
-        model = build(arch, depth=2, exits=(1, 2))
+        model = build(arch, depth=3, exits=(1, 2, 3))
         folded = fold_model(model)
-        x, mask = inputs(model, 5)
-        proj = projection(model)
+        x, mask = inputs(model, 4)
         with torch.no_grad():
-            h, logits, conf, got = ControllerOutputs(folded.segment(0), 0, proj, arch == "text",
-                                                     getattr(model.cfg, "max_len", 0))(x, mask)
-        m = None if mask is None else mask.numpy()
-        stats = features.image_stats(x.numpy()) if m is None else features.text_stats(m, model.cfg.max_len)
-        want = features.controller_features(stats, features.confidence(logits.numpy()), proj(h.numpy(), m))
-        np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
-        np.testing.assert_allclose(conf.numpy(), want[:, 3:6], atol=1e-6)
+            steps = folded.forward_exits(x, mask)
+            h0 = folded.segment(0)(x, mask)[0]
+            for k in range(len(folded.exits)):
+                torch.testing.assert_close(DepthGraph(folded, k)(x, mask), steps[k], atol=1e-5, rtol=0)
+                if k:
+                    torch.testing.assert_close(DepthGraph(folded, k, 1)(h0, mask), steps[k], atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module", params=["vit", "text"])
@@ -99,7 +86,7 @@ def exported(request, tmp_path_factory):
     folded = fold_model(model)
     out = tmp_path_factory.mktemp(request.param)
     x, mask = inputs(model, 3)
-    records = export_segments(folded, out, x if mask is None else (x, mask), projection(model))
+    records = export_segments(folded, out, x if mask is None else (x, mask))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     sessions = [ort.InferenceSession(str(out / r["file"]), opts, providers=["CPUExecutionProvider"])
@@ -134,7 +121,7 @@ def test_files_are_valid_opset_17_with_stable_names(exported):
         first = (["input_ids"] if text else ["pixels"]) if k == 0 else ["hidden"]
         names = first + (["attention_mask"] if text else [])
         assert [i["name"] for i in record["inputs"]] == names
-        assert [o["name"] for o in record["outputs"]] == ["hidden_out", "logits", "conf"] + (["features"] if k == 0 else [])
+        assert [o["name"] for o in record["outputs"]] == ["hidden_out", "logits"]
         for spec in record["inputs"] + record["outputs"]:
             assert spec["shape"][0] == "batch" and all(isinstance(d, int) for d in spec["shape"][1:])
         assert record["ort_max_abs"] <= 1e-4
@@ -145,5 +132,5 @@ def test_text_export_needs_max_len(tmp_path):
     model = build("text")
     ids = torch.ones(2, 8, dtype=torch.int64)
     with pytest.raises(EdgeError) as err:
-        export_segments(fold_model(model), tmp_path, (ids, torch.ones_like(ids)), projection(model))
+        export_segments(fold_model(model), tmp_path, (ids, torch.ones_like(ids)))
     assert str(err.value).startswith("example | input_ids (2, 8)")

@@ -7,6 +7,7 @@ from edge_model.controller.methods import outcome, run
 from edge_model.controller.policy import (LSTMPolicy, PolicyMethod, PPOConfig, episode_rewards, export_policy_onnx,
                                           gae, table_states, train_policy)
 from edge_model.controller.table import ExitTable
+from edge_runtime.core.features import confidence
 from edge_runtime.core.policy import PolicyArrays, policy_state, state_size
 
 USED = np.array([0.2, 0.5, 1.0])
@@ -113,17 +114,19 @@ def test_compiled_boundary_equals_policy_state_and_step(use_predictor):
     st, _ = arrays.rollout(proba, lam)
     rh, rc = arrays.zero_state(N)
     for k in range(E):
-        conf = rng.random((N, 3)).astype(np.float32)
+        # real-valued logits whose argmax is preds[:, k]; the kernel takes their confidence itself
+        logits = (rng.normal(size=(N, 4)) * 0.3).astype(np.float32)
+        logits[np.arange(N), preds[:, k]] = logits.max(1) + (rng.random(N) * 3 + 0.05).astype(np.float32)
+        conf = confidence(logits)
         prev = preds[:, :k]
         agree = np.zeros((N, 2), np.float32)
         if k:
             agree[:, 0], agree[:, 1] = (prev == preds[:, k:k + 1]).mean(1), prev[:, -1] == preds[:, k]
         ref_x = policy_state(proba, k, conf, agree, used[k], lam, use_predictor)
         logit, _, rh, rc = arrays.step(ref_x, rh, rc)
-        logits = np.eye(3, dtype=np.float32)[preds[:, k]]           # argmax = preds[:, k]
         got = np.zeros_like(preds)
         got[:, :k] = preds[:, :k]
-        stop = arrays.boundary(k, st, got, logits, conf, used)
+        stop = arrays.boundary(k, st, got, logits, used)
         assert np.array_equal(got[:, k], preds[:, k])
         S = ref_x.shape[1]
         np.testing.assert_allclose(st[:, :S], ref_x, atol=1e-6)

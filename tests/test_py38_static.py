@@ -197,7 +197,8 @@ def test_device_pins_resolve_to_jetson_wheels(tmp_path):
                             f"{res['output'][-3000:]}"
     assert not res["not_jetson"], f"resolved to files the board cannot install: {res['not_jetson']}"
     names = {n.lower() for n, _, _ in res["installs"]}
-    assert {"numpy", "onnxruntime", "numba", "tokenizers"} <= names
+    assert {"numpy", "onnxruntime", "tokenizers"} <= names
+    assert not names & {"numba", "llvmlite"}   # the controller's loops are C (edge_runtime._kernels)
     assert "torch" not in names and "opencv-python-headless" not in names   # JetPack brings OpenCV
 
 

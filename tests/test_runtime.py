@@ -29,8 +29,8 @@ def test_images():
 def test_infer_returns_a_result(rt, test_images):
     r = rt.infer(test_images[0][0])
     assert r.label == rt.labels[r.index] and 0 < r.score <= 1
-    assert r.depth in rt.depths and r.flops == rt.chain_flops[r.exit_index]
-    assert set(r.timings) == {"preprocess", "segments", "controller", "postprocess"}
+    assert r.depth in rt.depths and r.flops == rt.flops["progressive"][r.exit_index]
+    assert set(r.timings) == {"preprocess", "segments", "controller", "runtime"}
     assert r.as_dict()["depth"] == r.depth
 
 

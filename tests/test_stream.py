@@ -44,8 +44,12 @@ def test_dataset_stream_counts_every_frame(exported, tmp_path):
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [r["frame"] for r in records] == list(range(40))
     assert {"timestamp", "label", "score", "depth", "flops", "ms", "true_index"} <= set(records[0])
-    assert set(records[0]["ms"]) == {"capture", "preprocess", "segments", "controller", "postprocess"}
+    assert set(records[0]["ms"]) == {"capture", "preprocess", "segments", "controller", "runtime"}
     s = json.loads(summary.read_text())
+    # every microsecond of a frame belongs to a stage: they sum to the frames' wall time
+    assert set(s["ms_per_frame"]) == {"capture", "preprocess", "segments", "controller", "runtime", "shadow", "sinks"}
+    assert abs(sum(s["ms_per_frame"].values()) - s["frame_ms"]) <= 0.02 * s["frame_ms"]
+    assert s["ms_per_frame"]["shadow"] > 0 and abs(s["stages_cover"] - 1) <= 0.02
     assert s["frames"] == {"captured": 40, "processed": 40, "dropped": 0, "dropped_by_reason": {}}
     assert sum(s["depth_histogram"].values()) == 40 and s["shadow"]["frames"] > 0
     assert s["realized_speedup"] is not None and (tmp_path / "summary.md").is_file()
@@ -138,8 +142,17 @@ def test_bench_stores_latencies_and_deadline_reads_them(engine_copy, tmp_path):
     out = run_ok("bench", "--engine-dir", engine_copy, "--iterations", "40", "--warmup", "5", "--batch", "8",
                  "--export", tmp_path / "bench.json", "--no-progress")
     r = json.loads((tmp_path / "bench.json").read_text())
-    assert len(r["variants"]) == 4 and r["adaptive"]["inputs"] == 40 and r["batched"]["batch"] == 8
-    assert "Latency saving" in out and (tmp_path / "bench.md").is_file()
+    assert len(r["variants"]) == 4 and r["inputs"] == 40 and r["batched"]["batch"] == 8
+    # every path against the plain static graph, in one run: the baseline first, at ratio 1
+    assert [x["path"] for x in r["feeds"]] == ["plain graph", "full", "progressive", "oneshot", "fixed:1", "fixed:2",
+                                               "fixed:3"]
+    base, full = r["feeds"][0], r["feeds"][1]
+    assert base["median_vs_plain"] == 1.0 and base["flops_fraction"] == full["flops_fraction"] == 1.0
+    assert all(0 < x["flops_fraction"] <= 1 and x["median"] > 0 for x in r["feeds"])
+    assert [x["path"] for x in r["raw"]] == ["plain graph + numpy", "Runtime.infer full", "Runtime.infer progressive",
+                                             "Runtime.infer oneshot"]
+    assert set(r["batched"]["paths"]) == {x["path"] for x in r["feeds"]}
+    assert "median / plain" in out and r["baseline"] == "reference/full.onnx" and (tmp_path / "bench.md").is_file()
     m = json.loads((engine_copy / "manifest.json").read_text())
     (entry,) = m["bench"]
     assert (entry["backend"], entry["precision"], entry["threads"], entry["batch"]) == ("onnxruntime", "fp32", 1, 1)

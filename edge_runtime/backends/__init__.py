@@ -51,12 +51,13 @@ def package_version(name: str) -> str:
     return getattr(lazy_import(info.package, info.extra), "__version__", "unknown")
 
 
-def create(name: str, graphs: list, threads: int = 1, providers: tuple = ()):
+def create(name: str, graphs: list, threads: int = 1, providers: tuple = (), chains: dict = None):
     """A closed Executor of backend `name` over `graphs` ([GraphSpec] in chain order).
 
     Args:
         name: a backend name or alias.
-        graphs: the build's graphs.
+        graphs: the build's segments.
+        chains: the build's chain graphs ({(from, to): GraphSpec}).
         threads: intra-op threads (0: the backend's own default).
         providers: ONNX Runtime execution providers; () = CPU.
     """
@@ -64,8 +65,9 @@ def create(name: str, graphs: list, threads: int = 1, providers: tuple = ()):
     lazy_import(info.package, info.extra)
     cls = getattr(importlib.import_module(info.module), info.cls)
     if info.module == "edge_runtime.backends.ort":
-        return cls(graphs, providers=tuple(providers) or ("CPUExecutionProvider",), intra_op_num_threads=threads)
-    return cls(graphs, threads=threads)
+        return cls(graphs, providers=tuple(providers) or ("CPUExecutionProvider",), intra_op_num_threads=threads,
+                   chains=chains)
+    return cls(graphs, threads=threads, chains=chains)
 
 
 def major_minor(version: str):

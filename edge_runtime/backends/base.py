@@ -5,14 +5,17 @@ device memory for a GPU backend). The scheduler (edge_runtime.runtime) drives it
 and never looks inside one:
 
     h = ex.start(feed)              # segment 0's inputs, checked once, placed where activations live
-    h, host = ex.segment(k, h)      # run segment k; host: the controller's few floats per row
-                                    # ({"logits", "conf"}, and "features" after segment 0), numpy arrays
+    h, host = ex.segment(k, h)      # run segment k; host: what the controller reads, numpy arrays:
+                                    # {"logits"}, and "hidden_out" after segment 0 (for its features)
     h = ex.keep(h, mask)            # batch compaction on the executor's side: the rows that go on
-    host = ex.chain(j, d, h)        # segments j..d in one call (oneshot, fixed, full): a GPU backend
-                                    # replays one captured graph; host is segment d's
+    host = ex.chain(j, d, h)        # segments j..d in one call (oneshot, fixed, full): the build's chain
+                                    # graph (j, d) when it has one (exit d's head only), else segment by
+                                    # segment; host: {"logits"} of exit d
 
-The base class does what every backend needs once: open/close state checks and the feed check at start
-(names, dtypes, shapes, one batch size, finite values). Each backend writes load, unload, place,
+The base class does what every backend needs once: open/close state checks, the feed check at start
+(names, dtypes, shapes, one batch size, finite values), and which graphs a call runs (`route`). Graphs
+load when first run, or at open for the ones named there (`open(needs)`: the runtime names its mode's,
+so a process that serves one mode never loads the rest). Each backend writes load, unload, place,
 segment, keep and chain. A handle is only valid until the next call that takes it.
 """
 from abc import ABC, abstractmethod
@@ -31,17 +34,32 @@ class Executor(ABC):
 
     name = "base"
 
-    def __init__(self, graphs: list):
+    def __init__(self, graphs: list, chains: dict = None):
         """Args:
             graphs: [GraphSpec] in chain order (edge_runtime.core.engine_dir.Build.graphs).
+            chains: {(from, to): GraphSpec} (Build.chains): segments from..to as one graph.
         """
         self.graphs = list(graphs)
+        self.chains = dict(chains or {})
         self.is_open = False
+
+    def route(self, j: int, d: int) -> list:
+        """The graph names chain(j, d) runs: its chain graph when the build has one, else the segments."""
+        if (j, d) in self.chains:
+            return [self.chains[(j, d)].name]
+        return [self.graphs[k].name for k in range(j, d + 1)]
+
+    def spec(self, name: str):
+        """The GraphSpec called `name` (a segment or a chain graph)."""
+        for g in self.graphs + list(self.chains.values()):
+            if g.name == name:
+                return g
+        raise KeyError(name)
 
     # --- what each backend writes
     @abstractmethod
-    def load(self) -> None:
-        """Build the engines from self.graphs (a loader function does the work)."""
+    def load(self, names: list) -> None:
+        """Make the engines of the graphs called `names` ready (a loader function does the work)."""
 
     @abstractmethod
     def unload(self) -> None:
@@ -87,10 +105,11 @@ class Executor(ABC):
             outs.append(host)
         return outs
 
-    def open(self) -> "Executor":
+    def open(self, needs: list = None) -> "Executor":
+        """Load the graphs called `needs` now (None: every graph); the others load when first run."""
         if self.is_open:
             raise BackendStateError(f"{self.name} backend | already open; close it first")
-        self.load()
+        self.load([g.name for g in self.graphs + list(self.chains.values())] if needs is None else list(needs))
         self.is_open = True
         return self
 

@@ -3,15 +3,15 @@
 Segment 0 reads the model's inputs (`pixels`, or `input_ids` and `attention_mask`). Segment k + 1 reads
 segment k's `hidden_out` as `hidden`; its other inputs (the text models' `attention_mask`) pass through
 unchanged from segment 0's feed, which is checked once against the manifest (check_feed). Every segment
-also outputs its exit's `logits` and `conf`, and segment 0
-the controller's `features`: the few floats per row that leave the executor (HOST).
+also outputs its exit's `logits`, what leaves the executor for the controller (HOST); after segment 0 its
+`hidden_out` leaves too, once, for the controller's features (edge_runtime.core.features.from_segment_0).
 """
 import numpy as np
 
 from edge_runtime.core.errors import EdgeError, Exit
 
 HIDDEN_IN, HIDDEN_OUT = "hidden", "hidden_out"
-HOST = ("logits", "conf", "features")
+HOST = ("logits",)
 
 
 def carried_names(inputs: list) -> tuple:
@@ -32,10 +32,10 @@ def next_feed(inputs: list, hidden, carried: dict) -> dict:
     return {i["name"]: hidden if i["name"] == HIDDEN_IN else carried[i["name"]] for i in inputs}
 
 
-def host_outputs(outputs: list) -> tuple:
-    """The names among a segment's manifest `outputs` that the controller reads."""
+def host_outputs(outputs: list, k: int) -> tuple:
+    """The names among segment k's manifest `outputs` that the controller reads."""
     names = [o["name"] for o in outputs]
-    return tuple(n for n in HOST if n in names)
+    return tuple(n for n in HOST + ((HIDDEN_OUT,) if k == 0 else ()) if n in names)
 
 
 def check_feed(name: str, spec, feed: dict) -> None:

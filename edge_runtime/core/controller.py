@@ -1,10 +1,11 @@
 """The two-level controller on the device: what decides, at each exit boundary, which rows stop.
 
-Level 1 runs once, after segment 0: its graph outputs the features (edge_runtime.core.features, the definition
-the workstation fitted on, computed in the graph) and the LightGBM predictor (predictor.onnx) turns them
-into a distribution over the exit each input needs (edge_runtime.core.predictor walks its trees).
-Level 2 is the LSTM policy's numpy step (policy.npz) at every boundary, fed by the same `policy_state`
-PPO trained on. Modes:
+Level 1 runs once, after segment 0: the features (edge_runtime.core.features, the definition the workstation
+fitted on) come from segment 0's feed, hidden_out and logits in one C call, and the LightGBM predictor
+(predictor.onnx) turns them into a distribution over the exit each input needs (edge_runtime.core.predictor
+walks its trees). Level 2 is the LSTM policy (policy.npz), stepped at every boundary in C
+(edge_runtime.core.policy) on the same `policy_state` input PPO trained on, the exit's confidence taken from
+its logits in the same call. Modes:
   progressive   the policy at every boundary (the paper's controller)
   oneshot       after exit 0, fix d = argmax_d P(l* <= d) - lambda * cost(d) from the predictor
   fixed:D       depth D (a variant's depth); full: the last exit
@@ -13,12 +14,13 @@ the next segment on the rest (batched early exit) with each row's state intact.
 """
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from edge_runtime.core.errors import EdgeError, Exit
-from edge_runtime.core.policy import _boundary, _start
-from edge_runtime.core.predictor import TreeEnsemble, _forest
+from edge_runtime.core.chain import HIDDEN_OUT
+from edge_runtime.core.kernels import kernels
+from edge_runtime.core.policy import f32, state_size
+from edge_runtime.core.predictor import TreeEnsemble
 
 MODES = ("progressive", "oneshot", "fixed:D", "full")
 
@@ -56,22 +58,18 @@ class Decision:
     Make it with Controller.start, which also decides exit 0."""
 
     def __init__(self, controller: "Controller", mode: Mode, lam: np.ndarray, proba: np.ndarray, preds,
-                 state=None, first_stop=None):
+                 state=None, first_stop=None, target=None):
+        """target: oneshot's exit per row, argmax_d P(l* <= d) - lambda * plain cost(d) (Controller.start)."""
         self.c, self.mode, self.preds = controller, mode, preds
-        self.state, self.first_stop = state, first_stop
-        self.target = None
-        if mode.name == "oneshot":
-            score = np.cumsum(proba, 1) - lam[:, None] * controller.plain[None]
-            self.target = score.argmax(1)
+        self.state, self.first_stop, self.target = state, first_stop, target
 
-    def stop(self, k: int, logits: np.ndarray, conf: np.ndarray) -> np.ndarray:
-        """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes) and confidence
-        features (n, 3), both from segment k's graph."""
+    def stop(self, k: int, logits: np.ndarray) -> np.ndarray:
+        """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes)."""
         n, last = len(logits), self.c.num_exits - 1
         if k == 0 and self.first_stop is not None:   # decided with level 1, in the same call
             return self.first_stop
         if self.state is not None and k < last:      # progressive: one compiled call does it all
-            return self.c.policy.boundary(k, self.state, self.preds, logits, conf, self.c.used)
+            return self.c.policy.boundary(k, self.state, self.preds, logits, self.c.used)
         self.preds[:, k] = logits.argmax(-1)
         if k == last:
             return np.ones(n, bool)
@@ -101,40 +99,71 @@ class Controller:
         if self.predictor.classes != self.num_exits:
             raise EdgeError(f"{ctrl['predictor']['file']} | {self.predictor.classes} classes for {self.num_exits} "
                             "exits", Exit.CORRUPT)
+        self.projection = engine.projection()
+        if self.projection.weight.shape[1] + 6 != self.predictor.num_features:
+            raise EdgeError(f"{ctrl['projection']['file']} | {self.projection.weight.shape[1]} projected features, the "
+                            f"predictor reads {self.predictor.num_features - 6}", Exit.CORRUPT)
+        self.text = engine.task["kind"] == "text"
+        self.max_len = float(engine.task["preprocess"].get("max_len", 0))
+        self.input_specs = engine.segments[0]["inputs"]
+        self.hidden_spec = next(o for o in engine.segments[0]["outputs"] if o["name"] == HIDDEN_OUT)
+        self._first_boundary, self._oneshot = kernels.first_boundary, kernels.oneshot   # not built: one line, here
 
     def warm_up(self, classes: int) -> None:
-        """Compile the numba functions now (or load them from numba's cache), so no frame pays for it:
-        one progressive decision on a dummy row of each dtype the segments return."""
-        E = self.num_exits
-        logits, conf = np.zeros((1, classes), np.float32), np.zeros((1, 3), np.float32)
-        features = np.zeros((1, self.predictor.num_features), np.float32)
-        decision = self.start(Mode("progressive"), np.ones(1, np.float32), features, logits, conf)
-        if E > 2:
-            decision.stop(1, logits, conf)
-        self.predictor(features)
+        """One dummy decision of each adaptive mode: nothing to compile (the C kernels are built at install),
+        but engine arrays that do not fit each other fail here, at open, not on the first frame."""
+        feed = {i["name"]: np.zeros([1] + i["shape"][1:], i["dtype"]) for i in self.input_specs}
+        host = {"logits": np.zeros((1, classes), np.float32),
+                HIDDEN_OUT: np.zeros([1] + self.hidden_spec["shape"][1:], np.float32)}
+        for mode in (Mode("progressive"), Mode("oneshot")):
+            decision = self.start(mode, np.ones(1, np.float32), feed, host)
+            if self.num_exits > 2:
+                decision.stop(1, host["logits"])
 
-    def start(self, mode: Mode, lam: np.ndarray, features: np.ndarray, logits: np.ndarray,
-              conf: np.ndarray) -> Decision:
-        """The decision state after segment 0, from its outputs (features, logits, conf). In progressive
-        mode level 1 and the first policy step run in one compiled call (each call from Python costs a few
-        microseconds); fixed modes never read the predictor."""
-        n = len(lam)
+    def feature_inputs(self, feed: dict, host: dict) -> tuple:
+        """The kernels' first 8 arguments: segment 0's pixels or mask, hidden_out, logits, the projection."""
+        p = self.projection
+        pixels, mask = (None, feed["attention_mask"]) if self.text else (feed["pixels"], None)
+        return (pixels, mask, host[HIDDEN_OUT], host["logits"], p.weight, p.bias, p.eps, self.max_len)
+
+    @staticmethod
+    def converted(args: tuple) -> tuple:
+        """`args` with the arrays the kernels read made C-contiguous float32 (int64 for a mask)."""
+        return tuple(a if not isinstance(a, np.ndarray) else
+                     np.ascontiguousarray(a, np.int64 if a.dtype.kind in "iub" else np.float32) for a in args)
+
+    def call(self, kernel, inputs: tuple, rest: tuple) -> None:
+        try:
+            kernel(*inputs, *rest)
+        except TypeError:           # an input not C-contiguous float32 (all the kernels read): convert, once
+            kernel(*self.converted(inputs), *rest)
+
+    def features(self, feed: dict, host: dict) -> np.ndarray:
+        """(n, 6 + P) float32 controller features from segment 0's feed and host outputs (logits, hidden_out):
+        edge_runtime.core.features.from_segment_0, in one C call."""
+        out = np.empty((len(host["logits"]), self.predictor.num_features), np.float32)
+        self.call(kernels.features, self.feature_inputs(feed, host), (out,))
+        return out
+
+    def start(self, mode: Mode, lam: np.ndarray, feed: dict, host: dict) -> Decision:
+        """The decision state after segment 0, from its feed and host outputs (logits, hidden_out), in one C
+        call per mode: progressive's features, level 1, the rollout state and the first policy step
+        (edge_runtime._kernels.first_boundary), or oneshot's features, level 1 and each row's exit
+        (oneshot). Between two segment runs the caches are cold and every further call into numpy costs
+        microseconds; fixed modes never read the predictor."""
+        n, E = len(lam), self.num_exits
         if mode.name == "fixed":
-            return Decision(self, mode, lam, np.zeros((n, self.num_exits), np.float32),
-                            np.zeros((n, self.num_exits), np.int64))
+            return Decision(self, mode, lam, np.zeros((n, E), np.float32), np.zeros((n, E), np.int64))
         t, p = self.predictor, self.policy
-        if mode.name == "progressive" and self.num_exits > 1:
-            proba, state, preds, stop = _first_boundary(
-                np.ascontiguousarray(features, np.float32), logits, conf, lam.astype(np.float32, copy=False),
-                t.nodes, t.nan_true, t.roots, t.classes, t.softmax, p.hidden, p.use_predictor, p._packed, self.used)
+        features, proba = np.empty((n, t.num_features), np.float32), np.empty((n, E), np.float32)
+        inputs = self.feature_inputs(feed, host)
+        if mode.name == "progressive" and E > 1:
+            preds, stop = np.empty((n, E), np.int64), np.empty(n, bool)
+            state = np.empty((n, state_size(E) + 2 * p.hidden + E), np.float32)
+            self.call(self._first_boundary, inputs, (features, f32(lam), t.nodes, t.nan_true, t.roots, t.softmax,
+                                                     p.use_predictor, p._packed, self.used, proba, state, preds, stop))
             return Decision(self, mode, lam, proba, preds, state, stop)
-        return Decision(self, mode, lam, t(features), np.zeros((n, self.num_exits), np.int64))
-
-
-@numba.njit(cache=True)
-def _first_boundary(features, logits, conf, lam, nodes, nan_true, roots, classes, softmax, hidden,
-                    use_predictor, w, used):
-    """Level 1 (the trees), the rollout state and the policy's step at exit 0, in one call."""
-    proba = _forest(features, nodes, nan_true, roots, classes, softmax)
-    state, preds = _start(proba, lam, hidden, use_predictor)
-    return proba, state, preds, _boundary(0, state, preds, logits, conf, w, used)
+        target = np.empty(n, np.int64)
+        self.call(self._oneshot, inputs, (features, f32(lam), t.nodes, t.nan_true, t.roots, t.softmax, self.plain,
+                                          proba, target))
+        return Decision(self, mode, lam, proba, np.zeros((n, E), np.int64), target=target)

@@ -80,6 +80,7 @@ class Build:
     where: str         # where the manifest keeps its stamp: "build" or "builds[K]"
     stamp: dict        # backend, precision, versions, device (the export's `build`, or a `builds` entry)
     graphs: list       # [GraphSpec] in chain order, every file hash-checked
+    chains: dict = None   # {(from, to): GraphSpec}: segments from..to as one graph, exit `to`'s head only
 
 
 class EngineDir:
@@ -148,15 +149,28 @@ class EngineDir:
                 raise EdgeError(f"{MANIFEST} | {where} lists {len(files)} files for {len(self.segments)} segments",
                                 Exit.CORRUPT)
             paths = [self.file(f["file"]) for f in files]   # hash-checked by open(), with every listed file
+            chain_files = {(c["from"], c["to"]): c["file"] for c in entry.get("chains") or []}
         elif precision == "fp32" and backend == self.export_stamp["backend"]:
             where, label, entry = "build", EXPORT, self.export_stamp
             paths = [self.file(s["file"]) for s in self.segments]
+            chain_files = {(c["from"], c["to"]): c["file"] for c in self.manifest.get("chains") or []}
         else:
             have = ", ".join(label for _, _, label, _ in self.builds())
             raise EdgeError(f"{MANIFEST} | no {backend} {precision} build (this directory has: {have}; make one: "
                             f"edge-infer build --engine-dir {self.root} --precision {precision})", Exit.NOT_FOUND)
         graphs = [GraphSpec(f"segment_{s['index']}", p, s["inputs"], s["outputs"]) for s, p in zip(self.segments, paths)]
-        return Build(backend, precision, label, where, entry, graphs)
+        specs = {(c["from"], c["to"]): c for c in self.manifest.get("chains") or []}
+        chains = {key: GraphSpec(f"chain_{key[0]}_{key[1]}", self.file(f), specs[key]["inputs"], specs[key]["outputs"])
+                  for key, f in chain_files.items() if key in specs}
+        return Build(backend, precision, label, where, entry, graphs, chains)
+
+    def baseline(self) -> GraphSpec:
+        """The plain full-depth graph bench measures against, hash-checked here (opening does not ask for it:
+        a device may not have it)."""
+        ref = self.manifest.get("baseline")
+        if ref is None:
+            raise EdgeError(f"{MANIFEST} | no baseline graph (export again with this edge-model)", Exit.NOT_FOUND)
+        return GraphSpec("baseline", verified_file(self.root, ref, "baseline"), ref["inputs"], ref["outputs"])
 
     def bench_for(self, backend: str, precision: str, threads: int, batch: int = 1):
         """The `bench` measurement of this build at `threads` and `batch`, or None."""
@@ -188,6 +202,18 @@ class EngineDir:
                 return {k: z[k] for k in z.files}
         except (OSError, ValueError) as err:
             raise EdgeError(f"{path.name} | not a reference batch ({err})", Exit.CORRUPT) from None
+
+    def projection(self) -> Projection:
+        """The controller's feature projection (projection.npz, and the pooling eps from the manifest)."""
+        path = self.file(self.controller["projection"]["file"])
+        try:
+            with np.load(path) as z:
+                weight, bias = z["weight"].astype(np.float32), z["bias"].astype(np.float32)
+        except (OSError, ValueError, KeyError) as err:
+            raise EdgeError(f"{path.name} | not a projection file ({err})", Exit.CORRUPT) from None
+        if weight.ndim != 2 or bias.shape != (weight.shape[1],):
+            raise EdgeError(f"{path.name} | weight {weight.shape} and bias {bias.shape} do not fit", Exit.CORRUPT)
+        return Projection(np.ascontiguousarray(weight), bias, float(self.controller["features"]["pool_eps"]))
 
     def policy_arrays(self):
         from edge_runtime.core.policy import PolicyArrays

@@ -1,5 +1,6 @@
 """Controller features, one definition for both sides: the workstation computes them from the exit
-cache to fit the controller, the device from live tensors. numpy only.
+cache to fit the controller, the device from segment 0's outputs (its C kernels, edge_runtime._kernels,
+tested equal to `from_segment_0` here). numpy only.
 
 Per input, in this order (cost on one CPU core, measured per sample in the controller report):
   input statistics   image: mean, std, edge energy (mean |dx| + |dy|) of the preprocessed pixels;
@@ -65,3 +66,17 @@ def controller_features(stats: np.ndarray, first_conf: np.ndarray, projected: np
     """(N, 3 + 3 + P) float32: input statistics, first-exit confidence (`confidence` of its logits),
     projected first-exit vector."""
     return np.concatenate([stats, first_conf, projected], -1).astype(np.float32, copy=False)
+
+
+def from_segment_0(x: np.ndarray, mask, hidden: np.ndarray, logits: np.ndarray, projection, max_len: int = 0):
+    """(N, 6 + P) the controller's features from segment 0's feed and outputs, as the device computes them.
+
+    Args:
+        x: the preprocessed images (N, C, H, W), or for text the input ids (then `mask` is given).
+        mask: the (N, T) attention mask (text), or None.
+        hidden, logits: segment 0's hidden_out (N, T, C) and logits (N, classes).
+        projection: the engine directory's Projection (edge_runtime.core.engine_dir).
+        max_len: the text models' token count (the stats' scale).
+    """
+    stats = image_stats(x) if mask is None else text_stats(mask, max_len)
+    return controller_features(stats, confidence(logits), projection(hidden, mask))

@@ -8,6 +8,11 @@ path relative to the engine directory and carries its sha256:
               tokenizer {file, sha256} (text only)
   segments    [{index, exit, file, sha256, bytes, flops, params, inputs, outputs}]; inputs and outputs are
               [{name, shape (the batch axis by name, the rest ints), dtype}]
+  chains      [{from (0 or 1), to (K), file, sha256, bytes, flops, inputs, outputs}]: segments from..K as one
+              graph with exit K's head only, for the modes that read no intermediate exit (fixed and full
+              run chain 0..K, oneshot segment 0 then chain 1..K); a chain not listed runs segment by segment
+  baseline    {file, sha256, bytes, flops, inputs, outputs}: the unfolded model as one plain graph, what
+              bench measures against; not needed on the device, so opening does not ask for it
   variants    [{depth, exit_index, chain (segment indices, 0..exit_index), flops, val_accuracy}]
   controller  predictor, policy, policy_arrays, projection: each {file, sha256}; features (names, input
               statistics, projection_dims and how the projection reads segment 0's output);
@@ -18,7 +23,8 @@ path relative to the engine directory and carries its sha256:
   build       the exported segments' stamp: backend, precision, opset, versions {onnx, onnxruntime,
               torch, python}, device {machine, processor, system}
   builds      (after edge-infer build or a device backend's build) [{backend, precision, files [{segment,
-              file, sha256, bytes}], versions, device, ...}]: one per (backend, precision), each stamped
+              file, sha256, bytes}], chains (optional, as above), versions, device, ...}]: one per (backend,
+              precision), each stamped
   provenance  git_commit, dataset, config_sha256, checkpoint
   bench       (after edge-infer bench) [{backend, precision, threads, batch, machine, graphs,
               variant_ms {depth: median ms}, curves {mode: [{lambda, mean_ms}]}}]: one per (backend,
@@ -37,7 +43,7 @@ from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.files import write_atomic
 
 SCHEMA = "edge-engines"
-SCHEMA_VERSION = 3   # 2: controller.costs and operating_points; 3: builds and bench keyed by backend
+SCHEMA_VERSION = 4   # 2: controller.costs, operating_points; 3: builds, bench keyed by backend; 4: chains, baseline
 MANIFEST = "manifest.json"
 CONTROLLER_FILES = ("predictor", "policy", "policy_arrays", "projection")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -141,6 +147,12 @@ def validate(m) -> dict:
             raise bad(f"{at}depth {v['depth']}, but segment {k} ends at exit {segments[k]['exit']}")
         need(v, "flops", int, at)
         need(v, "val_accuracy", (int, float), at)
+    chain_list(m.get("chains"), len(segments), "chains")
+    if m.get("baseline") is not None:
+        baseline = need(m, "baseline", dict, "")
+        file_ref(baseline, "baseline.")
+        need(baseline, "flops", int, "baseline.")
+        io_list(baseline.get("inputs"), "baseline.inputs")
     keyed(m, "bench", ("backend", "precision", "threads", "batch"), bench_entry)
     keyed(m, "builds", ("backend", "precision"), build_entry)
 
@@ -150,6 +162,7 @@ def validate(m) -> dict:
     features = need(controller, "features", dict, "controller.")
     need(features, "names", list, "controller.features.")
     need(features, "projection_dims", int, "controller.features.")
+    need(features, "pool_eps", (int, float), "controller.features.")
     costs = need(controller, "costs", dict, "controller.")
     for key in ("used", "plain"):
         values = need(costs, key, list, "controller.costs.")
@@ -170,6 +183,25 @@ def validate(m) -> dict:
     need(build, "device", dict, "build.")
     need(m, "provenance", dict, "")
     return m
+
+
+def chain_list(chains, num_segments: int, where: str) -> None:
+    """Chain graphs: from 0 or 1 to an exit K >= from, each (from, K) once."""
+    if chains is None:
+        return
+    if not isinstance(chains, list):
+        raise bad(f"{where} is not a list")
+    seen = set()
+    for i, c in enumerate(chains):
+        at = f"{where}[{i}]."
+        j, k = need(c, "from", int, at), need(c, "to", int, at)
+        if j not in (0, 1) or not j <= k < num_segments or (j, k) in seen:
+            raise bad(f"{at}from {j} to {k}: expected from 0 or 1 to an exit in {j}..{num_segments - 1}, once each")
+        seen.add((j, k))
+        file_ref(c, at)
+        need(c, "flops", int, at)
+        io_list(c.get("inputs"), at + "inputs")
+        io_list(c.get("outputs"), at + "outputs")
 
 
 def keyed(m: dict, key: str, fields: tuple, check) -> None:
@@ -193,6 +225,8 @@ def build_entry(b: dict, at: str) -> None:
     need(b, "device", dict, at)
     for j, f in enumerate(need(b, "files", list, at)):
         file_ref(f, f"{at}files[{j}].")
+    for j, f in enumerate(b.get("chains") or []):
+        file_ref(f, f"{at}chains[{j}].")
 
 
 def bench_entry(b: dict, at: str) -> None:
@@ -222,12 +256,14 @@ def write_manifest(root, manifest: dict) -> dict:
 def file_refs(m: dict) -> list:
     """(where in the manifest, {file, sha256}) for every file the engine directory must hold."""
     refs = [(f"segments[{s['index']}]", s) for s in m["segments"]]
+    refs += [(f"chains[{i}]", c) for i, c in enumerate(m.get("chains") or [])]
     refs += [(f"controller.{key}", m["controller"][key]) for key in CONTROLLER_FILES]
     refs.append(("reference", m["reference"]))
     if m["task"]["kind"] == "text":
         refs.append(("task.tokenizer", m["task"]["tokenizer"]))
     for i, build in enumerate(m.get("builds") or []):
         refs += [(f"builds[{i}].files[{j}]", f) for j, f in enumerate(build["files"])]
+        refs += [(f"builds[{i}].chains[{j}]", f) for j, f in enumerate(build.get("chains") or [])]
     return refs
 
 

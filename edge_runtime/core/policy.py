@@ -2,17 +2,19 @@
 
 `policy_state` builds the input and `PolicyArrays.step` runs the cell in numpy: the reference, batched
 over whole splits on the workstation (PPO, sweeps) and checked against the torch module and its ONNX export
-to 1e-5. The device runs `boundary`, one compiled (numba) call per boundary that fills the state, takes
-the agreement with earlier exits and steps the cell for every row of the batch: between two segment runs
-the caches are cold and each numpy call costs microseconds, about 45 us per boundary on this CPU against
-about 10 for the one call. It is tested equal to policy_state + step.
+to 1e-5. The device runs `boundary`, one call into C (edge_runtime._kernels.boundary, built at install) per
+boundary that takes the exit's confidence from its logits, fills the state, takes the agreement with
+earlier exits and steps the cell for every row of
+the batch: between two segment runs the caches are cold and each numpy call costs microseconds, about 45 us
+per boundary on this CPU against about 10 for the one call (hidden 64, batch 1; under 1 us of it is the call
+itself). It is tested equal to policy_state + step.
 """
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.kernels import kernels
 
 ARRAYS = ("w_ih", "w_hh", "b_ih", "b_hh", "w_actor", "b_actor", "w_critic", "b_critic")
 
@@ -98,16 +100,26 @@ class PolicyArrays:
         (policy_state's layout, the columns fixed for the batch filled in), h, c and the predictor's
         cumulative distribution; and (n, E) int64 for each exit's argmax. `boundary` updates both in place;
         index their rows to drop some."""
-        return _start(proba, lam.astype(np.float32, copy=False), self.hidden, self.use_predictor)
+        proba = np.ascontiguousarray(proba, np.float32)
+        n, E = proba.shape
+        st, preds = np.empty((n, state_size(E) + 2 * self.hidden + E), np.float32), np.empty((n, E), np.int64)
+        kernels.start(proba, np.ascontiguousarray(lam, np.float32), self.use_predictor, st, preds)
+        return st, preds
 
-    def boundary(self, k: int, st: np.ndarray, preds: np.ndarray, logits: np.ndarray, conf: np.ndarray,
-                 used: np.ndarray) -> np.ndarray:
+    def boundary(self, k: int, st: np.ndarray, preds: np.ndarray, logits: np.ndarray, used: np.ndarray) -> np.ndarray:
         """(n,) bool stop for every row at boundary k, stepping the rollout state `st` in place.
 
-        preds: (n, E) int64 argmax of each exit so far, column k written here from logits (n, classes);
-        conf: (n, 3) this exit's confidence, from its segment's graph; used: (E,) float32 compute spent
-        stopping at each exit, as a fraction of full depth."""
-        return _boundary(k, st, preds, logits, conf, self._packed, used)
+        preds: (n, E) int64 argmax of each exit so far, column k written here from logits (n, classes), whose
+        confidence (edge_runtime.core.features.confidence) the kernel computes; used: (E,) float32 compute
+        spent stopping at each exit, as a fraction of full depth. st and preds must be rollout's (C-contiguous
+        float32, int64); logits and used of another dtype or layout are converted (the kernel reads
+        C-contiguous float32 only, and says so with a TypeError)."""
+        stop = np.empty(len(st), bool)
+        try:
+            kernels.boundary(k, st, preds, logits, self._packed, used, stop)
+        except TypeError:
+            kernels.boundary(k, st, preds, f32(logits), self._packed, f32(used), stop)
+        return stop
 
     def save(self, path) -> None:
         from edge_runtime.core.files import atomic_path
@@ -123,63 +135,6 @@ class PolicyArrays:
             raise EdgeError(f"{path} | not a policy file ({err})", Exit.CORRUPT) from None
 
 
-@numba.njit(cache=True)
-def _start(proba, lam, hidden, use_predictor):
-    """The rollout state with its fixed columns filled (the predictor's distribution and its running sum,
-    log lambda), and the argmax table."""
-    n, E = proba.shape
-    S = E + 9
-    mass0 = S + 2 * hidden
-    st = np.zeros((n, mass0 + E), np.float32)
-    for r in range(n):
-        if use_predictor:
-            total = 0.0
-            for j in range(E):
-                st[r, j] = proba[r, j]
-                total += proba[r, j]
-                st[r, mass0 + j] = total
-        st[r, S - 1] = np.log(lam[r])
-    return st, np.zeros((n, E), np.int64)
-
-
-@numba.njit(cache=True)
-def _boundary(k, st, preds, logits, conf, w, used):
-    """This exit's argmax, policy_state's boundary columns, then PolicyArrays.step's cell (gates i f o g,
-    i f o halved: sigmoid via tanh) and the actor, row by row; returns stop = actor logit > 0."""
-    n, E = preds.shape
-    S = E + 9
-    H = (w.shape[1] - 1) // 4
-    mass0 = S + 2 * H
-    stop = np.zeros(n, np.bool_)
-    g = np.empty(4 * H, np.float32)
-    for r in range(n):
-        preds[r, k] = np.argmax(logits[r])
-        st[r, E] = st[r, mass0 + k]
-        st[r, E + 1] = conf[r, 0]
-        st[r, E + 2] = conf[r, 1]
-        st[r, E + 3] = conf[r, 2]
-        same = 0
-        for j in range(k):
-            same += preds[r, j] == preds[r, k]
-        st[r, E + 4] = same / k if k > 0 else 0.0
-        st[r, E + 5] = 1.0 if k > 0 and preds[r, k - 1] == preds[r, k] else 0.0
-        st[r, E + 6] = used[k]
-        st[r, E + 7] = k / max(E - 1, 1)
-        g[:] = w[S + H, :4 * H]
-        for i in range(S + H):          # [x, h] @ W: st holds x then h, side by side
-            v = st[r, i]
-            if v != 0.0:
-                for j in range(4 * H):
-                    g[j] += v * w[i, j]
-        logit = w[S + H, 4 * H]
-        for j in range(H):
-            ig = 0.5 + 0.5 * np.tanh(g[j])
-            fg = 0.5 + 0.5 * np.tanh(g[H + j])
-            og = 0.5 + 0.5 * np.tanh(g[2 * H + j])
-            cj = fg * st[r, S + H + j] + ig * np.tanh(g[3 * H + j])
-            st[r, S + H + j] = cj
-            hj = og * np.tanh(cj)
-            st[r, S + j] = hj
-            logit += hj * w[S + j, 4 * H]
-        stop[r] = logit > 0.0
-    return stop
+def f32(a) -> np.ndarray:
+    """`a` as the kernels read it: a C-contiguous float32 array (itself when it is one)."""
+    return np.ascontiguousarray(a, np.float32)

@@ -3,18 +3,20 @@
 The engine directory ships the LightGBM predictor as one ONNX TreeEnsembleClassifier node (checked equal to
 LightGBM when it was fitted). Run through an ONNX Runtime session, each input pays the session call on top
 of the trees (about 25 us between two segment runs on this CPU); here the node's arrays are read once and
-the trees walked in a numba function, as ONNX Runtime does: float32 features and thresholds, BRANCH_LEQ
-(x <= t) or BRANCH_LT, NaN to the branch `nodes_missing_value_tracks_true` names, leaf weights summed per
-class, then the node's post_transform (SOFTMAX for LightGBM's multiclass, or NONE). Tested equal to ONNX
-Runtime on the same file. The node is read by edge_runtime.core.onnx_proto, without the onnx package.
+the trees walked by edge_runtime._kernels.forest (C, built at install), as ONNX Runtime does: float32
+features and thresholds, BRANCH_LEQ (x <= t) or BRANCH_LT, NaN to the branch `nodes_missing_value_tracks_true`
+names, leaf weights summed per class, then the node's post_transform (SOFTMAX for LightGBM's multiclass, or
+NONE). Tested equal to ONNX Runtime on the same file. The node is read by edge_runtime.core.onnx_proto,
+without the onnx package.
 """
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.kernels import kernels
 from edge_runtime.core.onnx_proto import FLOATS, INTS, STRING, STRINGS, Malformed, Unsupported, read_model
+
 
 MODES = ("BRANCH_LEQ", "BRANCH_LT", "LEAF")
 ATTRIBUTES = {"nodes_treeids": INTS, "nodes_nodeids": INTS, "nodes_modes": STRINGS, "nodes_featureids": INTS,
@@ -30,7 +32,9 @@ LEAF = -1.0
 class TreeEnsemble:
     """One row of 4 float32 per node, so a visit touches one cache line (ONNX Runtime packs its nodes too):
     branch: threshold, feature (as -(feature + 2) for BRANCH_LT), true child, false child;
-    leaf:   0, LEAF, class, weight. Node and feature indices are exact in float32 below 2 ** 24."""
+    leaf:   0, LEAF, class, weight. Node and feature indices are exact in float32 below 2 ** 24. Each tree is
+    laid out depth first, so a child always comes after its parent: the C walk checks that, and every
+    feature, class and node index, as it visits a node."""
     nodes: np.ndarray        # (nodes, 4) float32
     nan_true: np.ndarray     # (nodes,) bool: where a NaN goes
     roots: np.ndarray        # (trees,) int64
@@ -93,41 +97,10 @@ class TreeEnsemble:
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """(N, classes) float32 probabilities for (N, F) float32 features."""
-        return _forest(np.ascontiguousarray(features, np.float32), self.nodes, self.nan_true, self.roots,
-                       self.classes, self.softmax)
-
-
-@numba.njit(cache=True)
-def _forest(x, nodes, nan_true, roots, classes, softmax):
-    n = x.shape[0]
-    out = np.zeros((n, classes), np.float32)
-    for r in range(n):
-        for root in roots:
-            j = root
-            while True:
-                f = int(nodes[j, 1])
-                if f == -1:                                   # a leaf: class, weight
-                    out[r, int(nodes[j, 2])] += nodes[j, 3]
-                    break
-                v = x[r, f if f >= 0 else -f - 2]
-                if v != v:
-                    go = nan_true[j]
-                elif f >= 0:
-                    go = v <= nodes[j, 0]
-                else:
-                    go = v < nodes[j, 0]
-                j = int(nodes[j, 2]) if go else int(nodes[j, 3])
-        if softmax:
-            top = out[r, 0]
-            for c in range(1, classes):
-                top = max(top, out[r, c])
-            total = 0.0
-            for c in range(classes):
-                out[r, c] = np.exp(out[r, c] - top)
-                total += out[r, c]
-            for c in range(classes):
-                out[r, c] /= total
-    return out
+        x = np.ascontiguousarray(features, np.float32)
+        out = np.empty((len(x), self.classes), np.float32)
+        kernels.forest(x, self.nodes, self.nan_true, self.roots, self.softmax, out)
+        return out
 
 
 def _tree_node(path):

@@ -42,17 +42,21 @@ class ImagePreprocess:
         self.scale = float(spec["scale"])
         self.mean = np.asarray(spec["mean"], np.float32)
         self.std = np.asarray(spec["std"], np.float32)
+        # (x * scale - mean) / std as one multiply and one add
+        self.gain = (self.scale / self.std).astype(np.float32)
+        self.offset = (-self.mean / self.std).astype(np.float32)
 
     def one(self, img) -> np.ndarray:
         """(C, H, W) float32 from one raw image."""
-        x = np.asarray(img)
+        x = img if type(img) is np.ndarray else np.asarray(img)
         if x.dtype == object or x.ndim not in (2, 3) or x.size == 0:
             raise EdgeError(f"input | an image is an (H, W) or (H, W, C) array, got shape {x.shape}", Exit.BAD_INPUT)
-        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
-            raise EdgeError(f"input | pixels of dtype {x.dtype} (expected numbers 0..255)", Exit.BAD_INPUT)
-        x = x.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            raise EdgeError("input | the image holds NaN or infinite values", Exit.BAD_INPUT)
+        if x.dtype != np.uint8:    # uint8 pixels are numbers and finite: the checks are for the rest
+            if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+                raise EdgeError(f"input | pixels of dtype {x.dtype} (expected numbers 0..255)", Exit.BAD_INPUT)
+            x = x.astype(np.float32, copy=False)
+            if not np.isfinite(x).all():
+                raise EdgeError("input | the image holds NaN or infinite values", Exit.BAD_INPUT)
         x = x[:, :, None] if x.ndim == 2 else x
         c = x.shape[2]
         if c == 4:
@@ -64,11 +68,14 @@ class ImagePreprocess:
         elif self.channels == 3 and c == 1:
             x = np.repeat(x, 3, 2)
         x = resize_area(x, self.height, self.width)
-        x = (x * self.scale - self.mean) / self.std
-        return np.ascontiguousarray(x.transpose(2, 0, 1), np.float32)
+        x = x * self.gain                     # float32 from here, whatever the pixels were
+        x += self.offset
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
 
     def batch(self, images) -> dict:
         """{"pixels": (N, C, H, W)} from a sequence of raw images (or an (N, H, W[, C]) array)."""
+        if len(images) == 1:
+            return {"pixels": self.one(images[0])[None]}
         if len(images) == 0:
             raise EdgeError("input | an empty batch", Exit.BAD_INPUT)
         return {"pixels": np.stack([self.one(im) for im in images])}

@@ -1,18 +1,24 @@
 """One statistics object for a runtime, whoever drives it (the API, `edge-infer run`, bench, the C API).
 
 Running sums plus a fixed-size reservoir for percentiles, so memory stays flat however long it serves
-(benchmarks/soak.py). The stages are one fixed list; the runtime times preprocess, segments, controller
-and postprocess around its own calls, a stream adds capture and its sinks' time (postprocess), the
-frames its source met, labels, shadow runs and energy. `summary()` is what `rt.stats()` returns and what
-`edge-infer run` prints: one source for both.
+(benchmarks/soak.py). The stages are one fixed list, and every microsecond of a frame belongs to one:
+  capture      waiting on the source (a stream)
+  preprocess   raw input -> segment 0's feed
+  segments     the graphs (backend calls)
+  controller   the predictor and the policy
+  runtime      the rest of the runtime call: the scheduler's own Python, the results, these statistics
+  shadow       full-depth shadow runs (a stream with --shadow)
+  sinks        records, sinks, labels, the per-frame line (a stream)
+A stream also adds each frame's wall time, so the summary says how much of it the stages account for.
+"Network" time is segments + controller: the engines and the decisions, nothing else. `summary()` is
+what `rt.stats()` returns and what `edge-infer run` prints: one source for both.
 """
 import time
 from collections import Counter
 
 import numpy as np
 
-STAGES = ("capture", "preprocess", "segments", "controller", "postprocess")
-NETWORK = ("segments", "controller")   # "network" time: the engines and the decisions, nothing else
+STAGES = ("capture", "preprocess", "segments", "controller", "runtime", "shadow", "sinks")
 RESERVOIR = 4096
 
 
@@ -40,9 +46,10 @@ class Reservoir:
 class Stats:
     """Counters since the runtime opened. Times are in ms; a batch's time is shared by its rows."""
 
-    def __init__(self, depths: list, chain_flops: np.ndarray):
-        self.depths, self.chain_flops = list(depths), chain_flops
-        self.full_flops = int(chain_flops[-1])
+    def __init__(self, depths: list, full_flops: int):
+        """full_flops: of full depth, one graph (what FLOPs fractions are of)."""
+        self.depths, self.full_flops = list(depths), int(full_flops)
+        self.frame_ms, self.frames_timed = 0.0, 0
         self.inputs = self.calls = 0
         self.ms = dict.fromkeys(STAGES, 0.0)
         self.hist = np.zeros(len(depths), np.int64)
@@ -58,7 +65,8 @@ class Stats:
         self.start = self.end = None
 
     # --- what the runtime records, per call
-    def add_call(self, exits: np.ndarray, ms: dict) -> None:
+    def add_call(self, exits: np.ndarray, flops: np.ndarray, ms: dict) -> None:
+        """A runtime call: each row's exit, the mode's FLOPs per exit, and the call's ms per stage."""
         n = len(exits)
         now = time.perf_counter()
         if self.start is None:
@@ -66,13 +74,23 @@ class Stats:
         self.end = now
         self.inputs += n
         self.calls += 1
-        self.hist += np.bincount(exits, minlength=len(self.hist))
-        self.flops += int(self.chain_flops[exits].sum())
+        if n == 1:
+            k = int(exits[0])
+            self.hist[k] += 1
+            self.flops += int(flops[k])
+        else:
+            self.hist += np.bincount(exits, minlength=len(self.hist))
+            self.flops += int(flops[exits].sum())
         for k, v in ms.items():
             self.ms[k] += v
-        per_row = sum(ms[k] for k in NETWORK) / n
+        per_row = (ms["segments"] + ms["controller"]) / n
         for _ in range(n):
             self.network.add(per_row)
+
+    def add_frame(self, ms: float) -> None:
+        """A stream frame's wall time, from the end of the frame before it to the end of this one."""
+        self.frame_ms += ms
+        self.frames_timed += 1
 
     # --- what a stream adds
     def add_stage(self, stage: str, ms: float) -> None:
@@ -102,7 +120,7 @@ class Stats:
 
     def summary(self) -> dict:
         n = max(self.inputs, 1)
-        network_ms = sum(self.ms[k] for k in NETWORK) / n
+        network_ms = (self.ms["segments"] + self.ms["controller"]) / n
         wall = (self.end - self.start) if self.start is not None else 0.0
         if self.shadow_frames:
             full_ms, full_from = self.shadow_ms / self.shadow_frames, "shadow frames, this run"
@@ -120,6 +138,9 @@ class Stats:
             "network_fps": 1e3 / network_ms if network_ms > 0 else None,
             "pipeline_fps": (self.inputs - 1) / wall if wall > 0 and self.inputs > 1 else None,
             "ms_per_frame": {k: v / n for k, v in self.ms.items()},
+            # a stream's frames: wall time per frame, and the share of it the stages account for
+            "frame_ms": self.frame_ms / self.frames_timed if self.frames_timed else None,
+            "stages_cover": sum(self.ms.values()) / self.frame_ms if self.frame_ms else None,
             "network_ms": {"mean": network_ms, **self.network.percentiles()},
             "depth_histogram": {str(d): int(c) for d, c in zip(self.depths, self.hist)},
             "mean_flops": mean_flops, "flops_fraction": mean_flops / self.full_flops,
@@ -142,8 +163,10 @@ def summary_text(s: dict) -> str:
     lines = [
         f"frames      {f['captured']} captured = {f['processed']} processed + {f['dropped']} dropped"
         + (f" ({drops})" if drops else ""),
-        f"fps         network {fmt(s['network_fps'], '.1f')}, pipeline {fmt(s['pipeline_fps'], '.1f')}",
-        f"ms/frame    {stages}",
+        f"fps         network (segments + controller) {fmt(s['network_fps'], '.1f')}, "
+        f"pipeline (wall clock) {fmt(s['pipeline_fps'], '.1f')}",
+        f"ms/frame    {stages}" + (f"  = {sum(s['ms_per_frame'].values()):.3f} of {s['frame_ms']:.3f} per frame "
+                                   f"({s['stages_cover'] * 100:.1f} %)" if s["frame_ms"] else ""),
         f"network ms  mean {s['network_ms']['mean']:.3f}, p50 {fmt(s['network_ms']['p50'], '.3f')}, "
         f"p90 {fmt(s['network_ms']['p90'], '.3f')}, p99 {fmt(s['network_ms']['p99'], '.3f')}",
         "depths      " + "  ".join(f"{d}:{c}" for d, c in s["depth_histogram"].items()),

@@ -1,13 +1,19 @@
-"""`edge-infer bench` (trtexec's shape): every latency that matters, measured in one run on this machine.
+"""`edge-infer bench` (trtexec's shape): every latency that matters, against the plain static graph a user
+would deploy instead, measured side by side in one run on this machine.
 
-On real inputs (the engine's dataset test split by default), with warm-up first and one process:
-  variants     batch-1 network latency of every depth variant (segments only), percentiles
-  adaptive     batch-1 latency of the controller's operating point (segments + controller) against full
-               depth, the two run in alternating blocks of BLOCK inputs, so load drift hits both alike
-               while each runs as a stream of its own would (one input at a time alternating between
-               the two would evict the adaptive path's caches with every full-depth run); latency saving
-               next to FLOPs saving; the controller's own time in microseconds
-  batched      throughput at --batch of adaptive (batched early exit) and full depth, with both accuracies
+The baseline is the engine directory's `reference/full.onnx` (the unfolded model at full depth as one
+graph, the same exporter and opset; edge_model.engines), in a plain ONNX Runtime session with the same
+thread count. On real inputs (the engine's dataset test split by default), warm-up first, one process:
+  batch 1, preprocessed feeds   the plain graph's session.run against Runtime.run in every mode (full,
+               the adaptive modes at their validated operating points, fixed:D for every depth)
+  batch 1, raw images          what a user's call costs: the plain graph fed by the manifest's
+               normalisation in a few lines of numpy, the argmax and its probability, against
+               Runtime.infer from the raw image to the Result (images only)
+  Every path runs the same inputs in interleaved blocks of BLOCK (each block visits the paths in a
+  rotated order), so load drift hits all alike while each runs as a stream of its own would. Ratios are
+  of medians and p99s, each path against the plain graph; the saving ratio is the latency saving over the
+  FLOPs saving, both against the plain graph.
+  batched      throughput at --batch of every mode against the plain graph, with accuracies
   budget curve mean adaptive latency for a grid of lambdas, for --deadline-ms (adaptive modes only)
 The per-variant medians and the curve are written into the manifest's `bench`, keyed by the build
 (backend, precision), the threads and batch 1 (`--no-store` to skip); a deadline reads the curve of its
@@ -65,7 +71,7 @@ class BenchOptions:
 
 
 def load_inputs(rt, options: BenchOptions) -> tuple:
-    """(feed of every input, labels or None): `iterations` inputs from the source, preprocessed."""
+    """(raw inputs, feed of every input, uri, labels or None): `iterations` inputs from the source."""
     from edge_runtime.io.sources import SourceOptions, open_source
     uri = options.input or f"dataset://{rt.engine.task['dataset']}/test"
     source = open_source(uri, SourceOptions(loop=-1), text=rt.text)
@@ -79,7 +85,35 @@ def load_inputs(rt, options: BenchOptions) -> tuple:
     if not raw:
         raise EdgeError(f"{uri} | no inputs", Exit.NOT_FOUND)
     feed = rt.preprocess.batch(raw)
-    return feed, uri, (np.array(labels) if all(v is not None for v in labels) else None)
+    return raw, feed, uri, (np.array(labels) if all(v is not None for v in labels) else None)
+
+
+class PlainGraph:
+    """The baseline as a user runs it: one InferenceSession on reference/full.onnx, default session options
+    but the thread count, and for raw images the manifest's normalisation in numpy."""
+
+    def __init__(self, rt):
+        import onnxruntime as ort
+        spec = rt.engine.baseline()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = rt.options.threads
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(spec.path), opts, providers=list(rt.options.providers)
+                                            or ["CPUExecutionProvider"])
+        self.input = spec.inputs[0]["name"]
+        self.flops = rt.engine.manifest["baseline"]["flops"]
+        pre = rt.engine.task["preprocess"]
+        self.scale, self.mean, self.std = pre.get("scale"), pre.get("mean"), pre.get("std")
+
+    def run(self, feed: dict):
+        return self.session.run(None, feed)[0]
+
+    def infer(self, image) -> tuple:
+        """(label index, probability) from a raw (H, W) image of the model's size."""
+        x = (image.astype(np.float32) * self.scale - self.mean[0]) / self.std[0]
+        logits = self.session.run(None, {self.input: x[None, None]})[0][0]
+        i = int(logits.argmax())
+        return i, float(1.0 / np.exp(logits - logits[i]).sum())
 
 
 def rows(feed: dict, start: int, stop: int) -> dict:
@@ -92,69 +126,107 @@ def stats_ms(values, percentiles) -> dict:
             **{f"p{p:g}": float(np.percentile(v, p)) for p in percentiles}}
 
 
+def interleaved(paths: dict, n: int, say) -> dict:
+    """{path: per-input seconds}: every path over inputs 0..n-1, in blocks of BLOCK, each block visiting
+    the paths in a rotated order."""
+    names = list(paths)
+    times = {name: [] for name in names}
+    clock = time.perf_counter
+    for bi, b in enumerate(range(0, n, BLOCK)):
+        order = names[bi % len(names):] + names[:bi % len(names)]
+        for name in order:
+            fn, out = paths[name], times[name]
+            for i in range(b, min(b + BLOCK, n)):
+                s = clock()
+                fn(i)
+                out.append(clock() - s)
+    return times
+
+
+def row(name: str, t: list, base: dict, flops: float, plain_flops: int, percentiles, extra=None) -> dict:
+    st = stats_ms(t, percentiles)
+    p_hi = f"p{max(percentiles):g}"
+    fraction = flops / plain_flops
+    saving = 1 - st["median"] / base["median"]
+    return {"path": name, **st, "flops_fraction": fraction, "median_vs_plain": st["median"] / base["median"],
+            f"{p_hi}_vs_plain": st[p_hi] / base[p_hi], "latency_saving": saving,
+            "saving_ratio": saving / (1 - fraction) if fraction < 0.999 else None, **(extra or {})}
+
+
 def bench(rt, options: BenchOptions, say=print) -> dict:
     """Every measurement of the module docstring on the opened Runtime `rt`."""
-    feed, uri, labels = load_inputs(rt, options)
-    n = len(next(iter(feed.values())))
+    raw, feed, uri, labels = load_inputs(rt, options)
+    plain = PlainGraph(rt)
+    n = len(raw)
     ones = [rows(feed, i, i + 1) for i in range(n)]
     E = len(rt.depths)
-    full = rt.full
-    lam = rt.spend.lam(rt.mode)
-    for i in range(options.warmup):
-        rt.run(ones[i % n])
-        rt.run(ones[i % n], mode=full)
+    pct = options.percentiles
+    modes = {"full": rt.full}
+    adaptive = [m for m in ("progressive", "oneshot")]
+    for m in adaptive:
+        modes[m] = Mode(m)
+    for k, d in enumerate(rt.depths[:-1]):
+        modes[f"fixed:{d}"] = Mode("fixed", k)
+    exits = {m: np.zeros(n, np.int64) for m in modes}
+    ctrl = {m: np.zeros(n) for m in modes}
 
-    say(f"variants: batch-1 latency of each depth over {n} inputs", flush=True)
-    variants = []
-    for k, d in enumerate(rt.depths):
-        mode = Mode("fixed", k)
-        times = [rt.run(one, mode=mode).seconds["segments"] for one in ones]
-        variants.append({"depth": d, "flops": int(rt.chain_flops[k]), **stats_ms(times, options.percentiles)})
+    def runner(m, mode):
+        def go(i):
+            out = rt.run(ones[i], mode=mode, check=False)
+            exits[m][i], ctrl[m][i] = out.exit_index[0], out.seconds["controller"]
+        return go
 
-    at = f" at lambda {lam:.4g}" if lam is not None else ""
-    say(f"adaptive: {rt.mode}{at} against full depth, alternating blocks of {BLOCK}", flush=True)
-    t_full, t_adapt, t_ctrl, exits = [], [], [], []
-    for b in range(0, n, BLOCK):
-        block = ones[b:b + BLOCK]
-        for one in block:
-            s = time.perf_counter()
-            rt.run(one, mode=full)
-            t_full.append(time.perf_counter() - s)
-        for one in block:
-            s = time.perf_counter()
-            out = rt.run(one)
-            t_adapt.append(time.perf_counter() - s)
-            t_ctrl.append(out.seconds["controller"])
-            exits.append(int(out.exit_index[0]))
-    exits = np.array(exits)
-    mean_full, mean_adapt = float(np.mean(t_full)), float(np.mean(t_adapt))
-    flops_fraction = float(rt.chain_flops[exits].mean() / rt.chain_flops[-1])
-    latency_saving, flops_saving = 1 - mean_adapt / mean_full, 1 - flops_fraction
-    adaptive = {
-        "mode": str(rt.mode), "lambda": lam, "inputs": n,
-        "full_ms": stats_ms(t_full, options.percentiles), "adaptive_ms": stats_ms(t_adapt, options.percentiles),
-        "flops_fraction": flops_fraction, "flops_saving": flops_saving, "latency_saving": latency_saving,
-        "saving_ratio": latency_saving / flops_saving if flops_saving > 0 else None,
-        "controller_us": float(np.mean(t_ctrl) * 1e6),
-        "controller_fraction_of_full": float(np.mean(t_ctrl) / mean_full),
-        "depth_histogram": {str(d): int(c) for d, c in zip(rt.depths, np.bincount(exits, minlength=E))},
-    }
+    feed_paths = {"plain graph": lambda i: plain.run(ones[i]), **{m: runner(m, mode) for m, mode in modes.items()}}
+    for i in range(min(options.warmup, n)):
+        for fn in feed_paths.values():
+            fn(i)
+    say(f"batch 1, preprocessed feeds: the plain graph and {len(modes)} runtime paths over {n} inputs, "
+        f"interleaved blocks of {BLOCK}", flush=True)
+    t = interleaved(feed_paths, n, say)
+    base = stats_ms(t["plain graph"], pct)
+    table = [row("plain graph", t["plain graph"], base, plain.flops, plain.flops, pct)]
+    for m in modes:
+        fl = float(rt.flops[modes[m].name][exits[m]].mean())
+        extra = {"controller_us": float(ctrl[m].mean() * 1e6),
+                 "controller_vs_plain": float(ctrl[m].mean() * 1e3 / base["median"])}
+        if modes[m].name != "fixed":
+            extra["lambda"] = rt.spend.lam(modes[m])
+            extra["depth_histogram"] = {str(d): int(c) for d, c in zip(rt.depths, np.bincount(exits[m], minlength=E))}
+        table.append(row(m, t[m], base, fl, plain.flops, pct, extra))
+
+    raw_table = []
+    if not rt.text and isinstance(raw[0], np.ndarray) and raw[0].ndim == 2 \
+            and raw[0].shape == (rt.preprocess.height, rt.preprocess.width):
+        raw_paths = {"plain graph + numpy": lambda i: plain.infer(raw[i])}
+        for m in ("full",) + tuple(adaptive):
+            raw_paths[f"Runtime.infer {m}"] = (lambda mode: lambda i: rt.infer(raw[i], mode=mode, record=False))(modes[m])
+        for i in range(min(options.warmup, n)):
+            for fn in raw_paths.values():
+                fn(i)
+        say("batch 1, raw images: the plain graph fed by numpy normalisation, against Runtime.infer", flush=True)
+        tr = interleaved(raw_paths, n, say)
+        base_raw = stats_ms(tr["plain graph + numpy"], pct)
+        for name, times in tr.items():
+            m = name.replace("Runtime.infer ", "")
+            fl = plain.flops if m not in modes else float(rt.flops[modes[m].name][exits[m]].mean())
+            raw_table.append(row(name, times, base_raw, fl, plain.flops, pct))
 
     B = options.batch
-    say(f"batched: throughput at batch {B}, adaptive (batched early exit) against full depth", flush=True)
+    say(f"batched: throughput at batch {B}, every mode against the plain graph", flush=True)
     batches = [rows(feed, i, min(i + B, n)) for i in range(0, n, B)]
-    rt.run(batches[0])
-    rt.run(batches[0], mode=full)
     thr = {}
-    for name, mode in (("full", full), ("adaptive", None)):
+    for name, mode in [("plain graph", None), *modes.items()]:
+        fn = plain.run if mode is None else (lambda b, mode=mode: rt.run(b, mode=mode, check=False).logits)
+        fn(batches[0])
         preds, start = [], time.perf_counter()
         for b in batches:
-            preds.append(rt.run(b, mode=mode).logits.argmax(1))
+            preds.append(fn(b).argmax(1))
         secs = time.perf_counter() - start
         preds = np.concatenate(preds)
         thr[name] = {"inputs_per_s": n / secs,
                      "accuracy": float((preds == labels).mean()) if labels is not None else None}
-    batched = {"batch": B, **thr, "speedup": thr["adaptive"]["inputs_per_s"] / thr["full"]["inputs_per_s"]}
+    for name in thr:
+        thr[name]["vs_plain"] = thr[name]["inputs_per_s"] / thr["plain graph"]["inputs_per_s"]
 
     curve = []
     if rt.mode.name != "fixed":
@@ -168,12 +240,16 @@ def bench(rt, options: BenchOptions, say=print) -> dict:
                 times.append(time.perf_counter() - s)
             curve.append({"lambda": float(lam_k), "mean_ms": float(np.mean(times) * 1e3)})
 
-    return {"engine": rt.engine.name, "input": uri, "graphs": rt.built.label, "backend": rt.built.backend,
-            "precision": rt.built.precision, "executor": rt.executor.describe(), "threads": rt.options.threads,
+    variants = [{"depth": d, "median": next(r["median"] for r in table
+                                             if r["path"] == (f"fixed:{d}" if k < E - 1 else "full"))}
+                for k, d in enumerate(rt.depths)]
+    return {"engine": rt.engine.name, "input": uri, "inputs": n, "graphs": rt.built.label,
+            "backend": rt.built.backend, "precision": rt.built.precision, "executor": rt.executor.describe(),
+            "threads": rt.options.threads, "baseline": rt.engine.manifest["baseline"]["file"],
             "machine": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                         "system": platform.system()},
-            "warmup": options.warmup, "variants": variants, "adaptive": adaptive, "batched": batched,
-            "budget_curve": curve}
+            "warmup": options.warmup, "block": BLOCK, "feeds": table, "raw": raw_table, "variants": variants,
+            "batched": {"batch": B, "paths": thr}, "budget_curve": curve}
 
 
 def store(rt, result: dict) -> None:
@@ -195,30 +271,31 @@ def store(rt, result: dict) -> None:
 
 
 def markdown(r: dict) -> str:
-    a, b = r["adaptive"], r["batched"]
-    pk = [k for k in r["variants"][0] if k.startswith("p")]
-    lines = [f"{r['engine']} on {r['machine']['processor']}, {r['graphs']} on {r['executor']}, "
-             f"inputs {r['input']}", "",
-             "| depth | MFLOPs | mean ms | " + " | ".join(f"{k} ms" for k in pk) + " |",
-             "|---|---|---|" + "---|" * len(pk)]
-    for v in r["variants"]:
-        lines.append(f"| {v['depth']} | {v['flops'] / 1e6:.3f} | {v['mean']:.3f} | "
-                     + " | ".join(f"{v[k]:.3f}" for k in pk) + " |")
-    ratio = "-" if a["saving_ratio"] is None else f"{a['saving_ratio']:.2f}"
-    at = f", lambda {a['lambda']:.4g}" if a["lambda"] is not None else ""
-    lines += ["", f"Adaptive ({a['mode']}{at}, batch 1, {a['inputs']} inputs, alternating "
-              f"blocks of {BLOCK} with full depth):", "",
-              "| | mean ms | median ms | FLOPs % of full |", "|---|---|---|---|",
-              f"| full depth | {a['full_ms']['mean']:.3f} | {a['full_ms']['median']:.3f} | 100.0 |",
-              f"| adaptive | {a['adaptive_ms']['mean']:.3f} | {a['adaptive_ms']['median']:.3f} | "
-              f"{a['flops_fraction'] * 100:.1f} |", "",
-              f"Latency saving {a['latency_saving'] * 100:.1f} % for a FLOPs saving of {a['flops_saving'] * 100:.1f} % "
-              f"(ratio {ratio}); controller {a['controller_us']:.1f} us per input = "
-              f"{a['controller_fraction_of_full'] * 100:.2f} % of full-depth latency.", "",
-              f"Batch {b['batch']}: adaptive {b['adaptive']['inputs_per_s']:.0f} inputs/s, full depth "
-              f"{b['full']['inputs_per_s']:.0f} inputs/s, {b['speedup']:.2f}x"
-              + (f"; accuracy {b['adaptive']['accuracy'] * 100:.2f} % vs {b['full']['accuracy'] * 100:.2f} %"
-                 if b["full"]["accuracy"] is not None else "") + ".", "",
-              "Budget curve: " + (", ".join(f"lambda {p['lambda']:.3g}: {p['mean_ms']:.3f} ms" for p in r["budget_curve"])
-                                  or "none (a fixed mode spends no budget)")]
+    hi = [k for k in r["feeds"][0] if k.startswith("p") and k.endswith("_vs_plain")][0]
+    p_hi = hi.replace("_vs_plain", "")
+
+    def table(rows_, title):
+        lines = [title, "", f"| path | FLOPs % of plain | median ms | {p_hi} ms | median / plain | {p_hi} / plain | "
+                 "latency saving / FLOPs saving | controller us |", "|---|---|---|---|---|---|---|---|"]
+        for x in rows_:
+            ratio = "-" if x["saving_ratio"] is None else f"{x['saving_ratio']:.2f}"
+            ctrl = f"{x['controller_us']:.1f}" if x.get("controller_us") else "-"
+            lines.append(f"| {x['path']} | {x['flops_fraction'] * 100:.1f} | {x['median']:.3f} | {x[p_hi]:.3f} | "
+                         f"{x['median_vs_plain']:.3f} | {x[hi]:.3f} | {ratio} | {ctrl} |")
+        return lines
+
+    lines = [f"{r['engine']} on {r['machine']['processor']}, {r['graphs']} on {r['executor']}, inputs {r['input']} "
+             f"({r['inputs']}, interleaved blocks of {r['block']}); baseline: {r['baseline']} in a plain "
+             f"ONNX Runtime session, {r['threads']} thread(s)", ""]
+    lines += table(r["feeds"], "Batch 1, preprocessed feeds (session.run against Runtime.run):")
+    if r["raw"]:
+        lines += [""] + table(r["raw"], "Batch 1, raw images to a label (numpy normalisation + session.run against "
+                                        "Runtime.infer):")
+    b = r["batched"]
+    lines += ["", f"Batch {b['batch']} throughput:", "", "| path | inputs/s | / plain | accuracy % |", "|---|---|---|---|"]
+    for name, x in b["paths"].items():
+        acc = "-" if x["accuracy"] is None else f"{x['accuracy'] * 100:.2f}"
+        lines.append(f"| {name} | {x['inputs_per_s']:.0f} | {x['vs_plain']:.3f} | {acc} |")
+    lines += ["", "Budget curve: " + (", ".join(f"lambda {p['lambda']:.3g}: {p['mean_ms']:.3f} ms"
+                                                for p in r["budget_curve"]) or "none (a fixed mode spends no budget)")]
     return "\n".join(lines)

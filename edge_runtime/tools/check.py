@@ -1,9 +1,13 @@
 """`edge-infer check`: every variant of an engine directory, through the runtime, against PyTorch.
 
 Polygraphy's comparator, on the reference batch export stored (reference.npz: test inputs and the
-unfolded checkpoint's logits of every exit), for any build (`--backend`, `--precision`). Each variant
-runs its chain of segments from the raw input in one executor call, as the runtime does; its exit's logits are compared with PyTorch's, its `conf` output with the
-confidence of PyTorch's logits, and segment 0's `features` with the workstation's controller features.
+unfolded checkpoint's logits of every exit), for any build (`--backend`, `--precision`). Every path a mode
+runs to each exit is compared with PyTorch's logits there, through the executor as the runtime calls it:
+  segments     segments 0..k stepped one by one (progressive)
+  chain        chain(0, k) (fixed:D and full: the build's chain graph 0..k, or the segments)
+  oneshot      segment 0, then chain(1, k) (the rest of a oneshot chain)
+and the controller's features, computed from segment 0's outputs as the runtime does, with the
+workstation's.
 
 Per output: max / mean / median / p99 of the absolute and the relative error, argmax agreement, and
 PASS or FAIL. An element fails when it is off by more than atol AND by more than rtol relative to the
@@ -19,7 +23,6 @@ import numpy as np
 
 from edge_runtime.core.engine_dir import EngineDir
 from edge_runtime.core.errors import EdgeError, Exit
-from edge_runtime.core.features import confidence
 from edge_runtime.core.files import write_atomic
 from edge_runtime.runtime import RuntimeOptions
 
@@ -79,8 +82,8 @@ def error_stats(got: np.ndarray, ref: np.ndarray, atol: float, rtol: float, argm
 
 def check_engines(engine: EngineDir, runtime: RuntimeOptions = RuntimeOptions(),
                   options: CheckOptions = CheckOptions(), on_result=None) -> dict:
-    """Compare every variant's logits and conf, and segment 0's controller features, with the stored
-    PyTorch outputs, through the executor of the build `runtime` selects (any backend, any precision).
+    """Compare every path's logits at every exit, and the controller features, with the stored PyTorch
+    outputs, through the executor of the build `runtime` selects (any backend, any precision).
 
     Args:
         engine: an opened EngineDir.
@@ -88,8 +91,10 @@ def check_engines(engine: EngineDir, runtime: RuntimeOptions = RuntimeOptions(),
         options: tolerances and fail-fast.
         on_result: called with each result row as it is ready (the CLI prints it).
     Returns:
-        {engine, build, executor, atol, rtol, samples, results: [{depth, chain, output, ...stats}], passed}.
+        {engine, build, executor, atol, rtol, samples, results: [{depth, path, graphs, output, ...stats}],
+        passed}.
     """
+    from edge_runtime.core.controller import Controller
     ref = engine.reference()
     first = engine.segments[0]["inputs"]
     missing = [i["name"] for i in first if i["name"] not in ref] + [k for k in ("logits", "features") if k not in ref]
@@ -98,31 +103,35 @@ def check_engines(engine: EngineDir, runtime: RuntimeOptions = RuntimeOptions(),
     inputs = {i["name"]: ref[i["name"]] for i in first}
     results = []
 
-    def add(row):
+    def add(depth, path, graphs, output, got, want, argmax=True):
+        row = {"depth": depth, "path": path, "graphs": graphs, "output": output,
+               **error_stats(got, want, options.atol, options.rtol, argmax)}
         results.append(row)
         if on_result:
             on_result(row)
         return options.fail_fast and not row["passed"]
 
     executor, built = runtime.executor(engine)
+    stop = False
     with executor:
-        stop = False
+        stepped = executor.outputs(inputs)
+        _, host0 = executor.segment(0, executor.start(inputs))
+        if add(engine.variants[0]["depth"], "segment 0", [executor.graphs[0].name], "features",
+               Controller(engine).features(inputs, host0), ref["features"], argmax=False):
+            stop = True
         for v in engine.variants:
-            k = v["exit_index"]
-            got = executor.chain(0, k, executor.start(inputs))   # the path fixed, full and oneshot serve
-            want = ref["logits"][:, k]
-            if stop := add({"depth": v["depth"], "chain": v["chain"], "output": "logits",
-                            **error_stats(got["logits"], want, options.atol, options.rtol)}):
+            if stop:
                 break
-            if stop := add({"depth": v["depth"], "chain": v["chain"], "output": "conf",
-                            **error_stats(got["conf"], confidence(want), options.atol, options.rtol,
-                                          argmax=False)}):
-                break
-            if k == 0:
-                _, host = executor.segment(0, executor.start(inputs))
-                if stop := add({"depth": v["depth"], "chain": [0], "output": "features",
-                                **error_stats(host["features"], ref["features"], options.atol, options.rtol,
-                                              argmax=False)}):
+            k, want = v["exit_index"], ref["logits"][:, v["exit_index"]]
+            paths = [("segments", [g.name for g in executor.graphs[:k + 1]],
+                      stepped[k]["logits"]),
+                     ("chain", executor.route(0, k), executor.chain(0, k, executor.start(inputs))["logits"])]
+            if k > 0:
+                handle, _ = executor.segment(0, executor.start(inputs))
+                paths.append(("oneshot", [executor.graphs[0].name] + executor.route(1, k),
+                              executor.chain(1, k, handle)["logits"]))
+            for path, graphs, got in paths:
+                if stop := add(v["depth"], path, graphs, "logits", got, want):
                     break
         where = executor.describe()
     return {"engine": engine.name, "engine_dir": str(engine.root), "build": built.label, "backend": built.backend,
@@ -131,16 +140,16 @@ def check_engines(engine: EngineDir, runtime: RuntimeOptions = RuntimeOptions(),
             "passed": all(r["passed"] for r in results)}
 
 
-HEADER = (f"{'depth':>5}  {'chain':<10} {'output':<10}" + "".join(f" {s + ' abs':>10}" for s in STATS)
+HEADER = (f"{'depth':>5}  {'path':<10} {'output':<10}" + "".join(f" {s + ' abs':>10}" for s in STATS)
           + "".join(f" {s + ' rel':>10}" for s in STATS) + f" {'argmax':>8}  result")
 
 
 def result_line(r: dict) -> str:
     if "note" in r:
-        return f"{r['depth']:>5}  {' '.join(map(str, r['chain'])):<10} {r['output']:<10} {r['note']}  FAIL"
+        return f"{r['depth']:>5}  {r['path']:<10} {r['output']:<10} {r['note']}  FAIL"
     cells = "".join(f" {r[f'{s}_{kind}']:>10.2e}" for kind in ("abs", "rel") for s in STATS)
     agree = "-" if r["argmax_agree"] is None else f"{r['argmax_agree']}/{r['rows']}"
-    return (f"{r['depth']:>5}  {' '.join(map(str, r['chain'])):<10} {r['output']:<10}{cells} "
+    return (f"{r['depth']:>5}  {r['path']:<10} {r['output']:<10}{cells} "
             f"{agree:>8}  {'PASS' if r['passed'] else 'FAIL'}")
 
 

@@ -28,7 +28,7 @@ def cmd_check(args) -> int:
         worst = failed[0]
         detail = f", max abs error {worst['max_abs']:.2e}" if "max_abs" in worst else ""
         raise EdgeError(f"{args.engine_dir} | {len(failed)} output(s) out of tolerance, first: depth "
-                        f"{worst['depth']} {worst['output']}{detail}", Exit.MISMATCH)
+                        f"{worst['depth']} {worst['path']} {worst['output']}{detail}", Exit.MISMATCH)
     return Exit.OK
 
 

@@ -1,8 +1,11 @@
 """`edge-infer run`: a source through the runtime into sinks, one frame at a time, with honest numbers.
 
 Per frame: capture (waiting on the source), then one `Runtime.infer` call (preprocess, segments,
-controller, postprocess), then the sinks (added to postprocess). Every number lands in the runtime's one
-statistics object (edge_runtime.core.stats), so `rt.stats()` after the stream is the summary printed.
+controller, runtime), a shadow run when drawn, then the record and the sinks (sinks). Each frame's wall
+time runs from the end of the frame before it, and whatever of it no other stage timed is the sinks'
+stage (the record, the sinks, the bookkeeping, the per-frame line): the stages sum to the wall time.
+Every number lands in the runtime's one statistics object (edge_runtime.core.stats), so `rt.stats()`
+after the stream is the summary printed.
 "Network FPS" counts segments + controller time only; "pipeline FPS" counts wall time. Realized speedup
 is full-depth network time over adaptive network time, measured on this machine: from shadow frames when
 --shadow is on, else from the latencies `edge-infer bench` stored for this build.
@@ -47,40 +50,51 @@ def run_stream(runtime, source, sinks: list, options: StreamOptions, telemetry=N
     last_summary = time.perf_counter()
     frames = iter(source)
     seen = 0
+    t_end = time.perf_counter()           # where the next frame's wall time starts
     while not options.max_frames or seen < options.max_frames:
-        t0 = time.perf_counter()
+        t0 = t_end
         try:
             frame = next(frames)
         except StopIteration:
             break
         seen += 1
-        capture_ms = (time.perf_counter() - t0) * 1e3
+        t1 = time.perf_counter()
+        capture_ms = (t1 - t0) * 1e3
         try:
             result = runtime.infer(frame.data, spent_ms=capture_ms)
         except EdgeError as err:
             stats.drop(f"bad input ({str(err).split('| ')[-1]})")
+            t_end = time.perf_counter()
+            stats.add_stage("capture", capture_ms)
+            stats.add_stage("sinks", (t_end - t1) * 1e3)   # the failed call's time, so the stages still sum
+            stats.add_frame((t_end - t0) * 1e3)
             continue
+        t2 = time.perf_counter()
+        shadow_ms = 0.0
         if options.shadow and rng.random() < options.shadow:
             full = runtime.infer(frame.data, mode=runtime.full, record=False)
             stats.add_shadow(full.timings["segments"] + full.timings["controller"], full.index != result.index)
+            shadow_ms = (time.perf_counter() - t2) * 1e3
         ms = {"capture": capture_ms, **result.timings}
         record = record_for(frame, result, ms, telemetry.latest if telemetry else None)
-        t4 = time.perf_counter()
         for sink in sinks:
             sink.write(frame, record)
-        sink_ms = (time.perf_counter() - t4) * 1e3     # the summary's postprocess adds the sinks
-        stats.add_stage("capture", capture_ms)
-        stats.add_stage("postprocess", sink_ms)
         stats.add_label(result.index, frame.label)
         if record.get("energy_mj") is not None:
             stats.add_energy(record["energy_mj"])
         if not options.quiet:
             say(f"frame {frame.id}: {record['label']} ({record['score'] * 100:.1f} %) depth {record['depth']}, "
                 f"{(ms['segments'] + ms['controller']):.3f} ms network")
-        now = time.perf_counter()
-        if options.summary_every and now - last_summary >= options.summary_every:
-            last_summary = now
+        if options.summary_every and t2 - last_summary >= options.summary_every:
+            last_summary = t2
             stats.set_source(source.counts.captured + source.counts.dropped_total, source.counts.dropped)
             say(summary_text(runtime.stats()), flush=True)
+        t_end = time.perf_counter()
+        # infer's own stages were recorded by the runtime: the rest of the frame after it is the sinks'
+        stats.add_stage("capture", capture_ms)
+        stats.add_stage("shadow", shadow_ms)
+        stats.add_stage("runtime", (t2 - t1) * 1e3 - sum(result.timings.values()))   # infer's call itself
+        stats.add_stage("sinks", (t_end - t2) * 1e3 - shadow_ms)
+        stats.add_frame((t_end - t0) * 1e3)
     stats.set_source(source.counts.captured + source.counts.dropped_total, source.counts.dropped)
     return runtime.stats()
