@@ -1,5 +1,6 @@
 """Memory of the segment engine set, side by side with one static full-depth model and a naive set of
-separate full graphs, one per variant (DESIGN section 5: weights stored once, one chain per variant).
+separate full graphs, one per variant (DESIGN section 5: weights stored once, one chain per variant), and
+of the whole process as a user opens the runtime, against a plain session of the full model.
 
     python benchmarks/memory.py --engine-dir engines/digits [--out benchmarks/reports/memory]
                                 [--build export|fp32|int8] [--batch 64] [--repeats 3] [--threads 1]
@@ -242,7 +243,19 @@ def run_benchmark(engine_dir, build: str = "export", batch: int = 64, repeats: i
             "sets": sets, "ratios": ratios, "one_op_session_kib": fixed,
             "resident_above_one_op_over_static": above,
             "acceptance": {name: ratios[f"{name}/static"]["resident_kib"] <= 1.10
-                           for name in ("segments", "segments_shared_arena")}}
+                           for name in ("segments", "segments_shared_arena")},
+            "whole_process": whole_process(engine_dir, repeats, threads, progress)}
+
+
+def whole_process(engine_dir, repeats: int, threads: int, progress: bool) -> dict:
+    """benchmarks/process.py's warm-start processes: the runtime in each mode against a plain session."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import process
+    report = process.run_benchmark(engine_dir, ["progressive", "oneshot", "full"], repeats, threads, progress,
+                                   conditions=("warm",))
+    return {"rows": [{k: r[k] for k in ("what", "mode", "rss_open_kib", "rss_kib", "hwm_kib", "rss_vs_plain",
+                                         "rss_open_vs_plain")} for r in report["results"]],
+            "method": "fresh process each; VmRSS / VmHWM of the whole process (benchmarks/process.py, warm)"}
 
 
 def check_static(static: Path, seg_paths: list, inputs: dict, threads: int) -> None:
@@ -292,6 +305,14 @@ def markdown(report: dict) -> str:
     lines += ["", f"ONNX Runtime's fixed cost, a one-op session: {f['load_kib']:.0f} KiB after load, "
                   f"{f['resident_kib']:.0f} KiB after a run. Above it, resident over static: "
               + ", ".join(f"{name} {x:.2f}x" for name, x in above.items()) + "."]
+    w = report["whole_process"]
+    lines += ["", "The whole process, warm start (libraries included; benchmarks/process.py):", "",
+              "| process | RSS after open MiB | RSS after first result MiB | x plain session | VmHWM MiB |",
+              "|---|---|---|---|---|"]
+    for x in w["rows"]:
+        name = "plain session (baseline graph)" if x["what"] == "plain" else f"Runtime.open, {x['mode']}"
+        lines.append(f"| {name} | {x['rss_open_kib'] / KIB:.1f} | {x['rss_kib'] / KIB:.1f} | {x['rss_vs_plain']:.2f} | "
+                     f"{x['hwm_kib'] / KIB:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,12 +13,14 @@ Reported per process: start_s (parent's clock, spawn to first result, the interp
 included), rss_open_kib (VmRSS after open), rss_kib (VmRSS after the first result) and hwm_kib (VmHWM):
 the whole process, libraries included.
 Two start conditions, interleaved with the plain session's:
-  warm      the machine has opened the engine before: the OS page cache holds the files, and Python's
-            bytecode cache is the installed one
-  first     as on a machine that never opened it: the engine directory copied to a new path, Python's
-            bytecode written to and read from an empty PYTHONPYCACHEPREFIX (every module compiled from
-            source), and the page cache of the engine files dropped where the kernel allows
-            (posix_fadvise DONTNEED; libraries stay cached, which only a reboot undoes)
+  warm      the machine has opened the engine before: the OS page cache holds the files, and every module's
+            bytecode is cached (a PYTHONPYCACHEPREFIX the benchmark primes with one untimed run of each
+            process: PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise compile the editable
+            edge_runtime from source at every start, as no installed machine does)
+  first     as on a machine that never opened it: the engine directory copied to a new path with its page
+            cache dropped (posix_fadvise DONTNEED; libraries stay cached, which only a reboot undoes), and
+            edge_runtime's bytecode removed from the cache (compiled from source, as on its first import
+            after install; numpy's and onnxruntime's stay, as pip compiled them at install)
 Medians over --repeats. Writes <out>/<engine>.json and .md.
 """
 import argparse
@@ -95,20 +97,30 @@ def spawn(what: str, engine_dir: str, mode: str, threads: int, env: dict) -> dic
     return out
 
 
-def run_benchmark(engine_dir, modes: list, repeats: int, threads: int, progress: bool = True) -> dict:
+def run_benchmark(engine_dir, modes: list, repeats: int, threads: int, progress: bool = True,
+                  conditions: tuple = ("warm", "first")) -> dict:
+    import edge_runtime
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     rows = {}
-    base_env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="edge-process-") as tmp:
+        primed = Path(tmp) / "pyc"
+        base_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        base_env["PYTHONPYCACHEPREFIX"] = str(primed)
+        for what, mode in [("plain", "-")] + [("runtime", m) for m in modes]:   # untimed: fills the cache
+            spawn(what, str(engine_dir), mode, threads, base_env)
+        ours = str(Path(edge_runtime.__file__).resolve().parent).lstrip("/")
         for r in range(repeats):
-            for condition in ("warm", "first"):
+            for condition in conditions:
                 for what, mode in [("plain", "-")] + [("runtime", m) for m in modes]:
                     env, where = dict(base_env), str(engine_dir)
                     if condition == "first":
                         where = str(Path(tmp) / f"copy_{r}_{what}_{mode}")
                         shutil.copytree(engine_dir, where)
                         drop_page_cache(Path(where))
-                        env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / f"pyc_{r}_{what}_{mode}")
+                        fresh = Path(tmp) / f"pyc_{r}_{what}_{mode}"
+                        shutil.copytree(primed, fresh)
+                        shutil.rmtree(fresh / ours, ignore_errors=True)
+                        env["PYTHONPYCACHEPREFIX"] = str(fresh)
                     rows.setdefault((condition, what, mode), []).append(spawn(what, where, mode, threads, env))
                     say(f"repeat {r + 1}/{repeats} {condition} {what} {mode}: "
                         f"{rows[(condition, what, mode)][-1]['start_s']:.3f} s")
@@ -130,8 +142,7 @@ def run_benchmark(engine_dir, modes: list, repeats: int, threads: int, progress:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Process: {report['engine_dir']}", "",
-             f"Fresh interpreter per number (Python {report['python']}, onnxruntime {report['onnxruntime']}, "
+    lines = [f"Fresh interpreter per number (Python {report['python']}, onnxruntime {report['onnxruntime']}, "
              f"{report['threads']} thread(s), {report['machine']}), median of {report['repeats']}; "
              "start = spawn to the first result; memory = the whole process's VmRSS / VmHWM.", "",
              "| start | process | start s | x plain | RSS after open MiB | RSS after first result MiB | x plain | "
@@ -169,14 +180,10 @@ def main(argv=None) -> int:
         return 2
     report = run_benchmark(args.engine_dir, [m for m in args.modes.split(",") if m], args.repeats, args.threads,
                            not args.no_progress)
-    from edge_runtime.core.files import write_atomic
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.engine_dir).name
-    write_atomic(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-    md = markdown(report)
-    write_atomic(out / f"{stem}.md", md)
-    print(md + f"\nwritten: {out / stem}.json, {out / stem}.md")
+    from edge_runtime.io.report import write_json_md
+    path = write_json_md(Path(args.out) / f"{Path(args.engine_dir).name}.json", report,
+                         f"Process: {report['engine_dir']}", markdown(report))
+    print(markdown(report) + f"\nwritten: {path}, {path.with_suffix('.md')}")
     return 0
 
 

@@ -7,6 +7,7 @@ engines/<name>/ holds (every path in the manifest relative to it, every file has
                      oneshot chain, at the cost of the plain depth-K model
   reference/full.onnx  the unfolded model as one plain graph: bench's baseline, not needed on the device
   predictor.onnx     the complexity predictor (LightGBM as one tree node)
+  predictor_trees.npz  its trees as the device walks them (edge_runtime.core.predictor.TreeEnsemble)
   policy.onnx        the LSTM policy step; policy.npz: the same weights for the numpy step
   projection.npz     the controller's feature projection, re-expressed for the folded graphs (below)
   tokenizer.json     text models only
@@ -45,6 +46,7 @@ REFERENCE_SAMPLES = 16
 BASELINE = "reference/full.onnx"   # the plain graph bench compares against; deploy leaves reference/ behind
 PROJECTION_ATOL = 1e-4     # segment 0's controller features vs the workstation's on the reference batch
 CONTROLLER_FILES = {"predictor": "predictor.onnx", "policy": "policy.onnx", "policy_arrays": "policy.npz"}
+PREDICTOR_TREES = "predictor_trees.npz"   # predictor.onnx's trees laid out for the device's C walk
 INPUT_STATS = {
     "image": {"names": ["mean", "std", "edge_energy"], "function": "edge_runtime.core.features.image_stats",
               "of": "the preprocessed input (N, C, H, W)"},
@@ -185,6 +187,8 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
              labels=labels.numpy(), **feed)
     for key, file in CONTROLLER_FILES.items():
         shutil.copyfile(ctrl / file, tmp / file)
+    from edge_runtime.core.predictor import TreeEnsemble
+    TreeEnsemble.from_onnx(tmp / CONTROLLER_FILES["predictor"]).save(tmp / PREDICTOR_TREES)
     if text:
         shutil.copyfile(tokenizer_path(ckpt, config), tmp / "tokenizer.json")
 
@@ -216,6 +220,7 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
                       "val_accuracy": float(val_acc[k])} for k, d in enumerate(exits)],
         "controller": {
             **{key: ref(tmp / file) for key, file in CONTROLLER_FILES.items()},
+            "predictor_trees": ref(tmp / PREDICTOR_TREES),
             "projection": ref(tmp / "projection.npz"),
             # the compute the policy's state and oneshot's cost read, as fractions of the plain full depth
             "costs": {"used": (chain / plain[-1]).tolist(), "plain": (plain / plain[-1]).tolist()},

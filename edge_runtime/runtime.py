@@ -16,7 +16,6 @@ activations live, and hands back only what the controller reads. Per mode:
 Each row's decision reads only its own outputs and state, so a batch decides exactly as its inputs would
 alone (tests/test_runtime.py).
 """
-import argparse
 import time
 from dataclasses import dataclass, field
 
@@ -72,7 +71,7 @@ class RuntimeOptions:
     providers: tuple = ()          # ONNX Runtime execution providers; () = CPU
 
     @staticmethod
-    def add_args(p: argparse.ArgumentParser) -> None:
+    def add_args(p) -> None:   # p: an argparse parser (argparse stays out of the runtime's import)
         g = p.add_argument_group("runtime")
         g.add_argument("--backend", default="auto",
                        help=f"auto (what the engines were exported for) or one of: {', '.join(backends.BACKENDS)}")
@@ -109,13 +108,13 @@ class RuntimeOptions:
 
 
 def graphs_for(executor, mode: Mode, num_exits: int) -> list:
-    """The graphs a mode runs, loaded at open (another mode's load when a call first asks for it)."""
-    last = num_exits - 1
+    """The graphs a mode runs, the one it runs first first (another mode's load when a call first asks)."""
     if mode.name == "fixed":
         return executor.route(0, mode.exit_index)
     if mode.name == "oneshot":
-        return sorted({executor.graphs[0].name} | {g for d in range(1, num_exits) for g in executor.route(1, d)})
-    return executor.route(0, 0) if last == 0 else [g.name for g in executor.graphs]
+        rest = [g for d in range(num_exits - 1, 0, -1) for g in executor.route(1, d)]   # full depth's first
+        return [executor.graphs[0].name] + sorted(set(rest), key=rest.index)
+    return [g.name for g in executor.graphs]
 
 
 def mode_flops(engine: EngineDir, executor) -> dict:
@@ -173,7 +172,8 @@ class Runtime:
         curves = {m: Curve(points) for m, points in measured.get("curves", {}).items()}
         spend = Spend(spend_on, engine.controller["operating_points"], curves,
                       f"{built.backend} {built.precision}, {options.threads} thread(s)")
-        executor.open(graphs_for(executor, the_mode, len(engine.segments)))
+        graphs = graphs_for(executor, the_mode, len(engine.segments))
+        executor.open(graphs[:1], graphs[1:])    # the first result needs the first graph; the rest load meanwhile
         try:
             controller = Controller(engine)
             controller.warm_up(len(engine.task["labels"]))
@@ -231,7 +231,7 @@ class Runtime:
         t0 = time.perf_counter()
         handle, host = ex.segment(0, handle)
         t1 = time.perf_counter()
-        decision = self.controller.start(the_mode, np.full(n, lam, np.float32), feed, host)
+        decision = self.controller.start(the_mode, lam, feed, host)
         stop = decision.stop(0, host["logits"])
         t2 = time.perf_counter()
         t_seg, t_ctrl = t1 - t0, t2 - t1
@@ -262,7 +262,7 @@ class Runtime:
         t0 = clock()
         handle, host = ex.segment(0, handle)
         t1 = clock()
-        decision = self.controller.start(mode, np.full(1, lam, np.float32), feed, host)
+        decision = self.controller.start(mode, lam, feed, host)
         stop = decision.stop(0, host["logits"])[0]
         t2 = clock()
         t_seg, t_ctrl, k, logits = t1 - t0, t2 - t1, 0, host["logits"]

@@ -262,3 +262,22 @@ def test_make_engines_then_check(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "PASS" in done.stdout.splitlines()[-1]
     assert (tmp_path / "engines" / "manifest.json").is_file()
+
+
+def test_the_device_reads_the_predictor_trees_from_their_array_file(exported, tmp_path):
+    """predictor_trees.npz (written at export, read at open: no ONNX parsing on the device) holds exactly the
+    trees TreeEnsemble reads from predictor.onnx; a damaged one is one line."""
+    from edge_runtime.core.engine_dir import EngineDir
+    from edge_runtime.core.predictor import TreeEnsemble
+    engine = EngineDir.open(exported[1])
+    ctrl = engine.controller
+    loaded = TreeEnsemble.load(engine.file(ctrl["predictor_trees"]["file"]))
+    parsed = TreeEnsemble.from_onnx(engine.file(ctrl["predictor"]["file"]))
+    for key in TreeEnsemble.ARRAYS:
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(parsed, key))
+    bad = tmp_path / "trees.npz"
+    np.savez(bad, nodes=np.zeros((3, 3), np.float32), nan_true=np.zeros(3, bool), roots=np.zeros(1, np.int64),
+             classes=np.array(4), softmax=np.array(True), num_features=np.array(6))
+    with pytest.raises(EdgeError, match=r"trees\.npz \| its arrays are not TreeEnsemble's") as err:
+        TreeEnsemble.load(bad)
+    assert err.value.exit == Exit.CORRUPT

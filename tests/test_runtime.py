@@ -209,3 +209,32 @@ def test_lambda_zero_and_the_budget_rules(exported, test_images):
     for bad in (-0.5, float("inf"), True, "x"):
         with pytest.raises(EdgeError, match=">= 0"):
             Runtime.open(exported[1], budget=bad)
+
+
+def test_open_loads_its_modes_graphs_and_the_others_on_first_use(exported, test_images):
+    """full runs one chain graph (no exit head on the way) and loads nothing else; oneshot loads segment 0 and
+    the chain graphs from it (in the background); another mode's graphs load when a call first needs them."""
+    with Runtime.open(exported[1], mode="full") as rt:
+        assert set(rt.executor.sessions) == {(0, "chain_0_3")}
+        assert rt.flops["fixed"][-1] == rt.engine.manifest["baseline"]["flops"] < rt.flops["progressive"][-1]
+        r = rt.infer(test_images[0][0], mode="progressive")
+        assert {name for _, name in rt.executor.sessions} >= {f"segment_{k}" for k in range(r.exit_index + 1)}
+    with Runtime.open(exported[1], mode="oneshot") as rt:
+        rt.executor.wait_loaded()
+        assert {name for _, name in rt.executor.sessions} == {"segment_0", "chain_1_1", "chain_1_2", "chain_1_3"}
+
+
+def test_threads_run_small_batches_single_threaded_with_the_same_answers(exported, test_images):
+    """With threads > 1 a call below PARALLEL_FROM rows runs on single-thread sessions, a larger one on the
+    multi-thread sessions: the decisions and logits are the same either way."""
+    from edge_runtime.backends.ort import PARALLEL_FROM
+    x = test_images[0][:PARALLEL_FROM]
+    with Runtime.open(exported[1], threads=1) as one, Runtime.open(exported[1], threads=2) as two:
+        for mode in ("progressive", "oneshot", "full"):
+            a, b = one.infer_batch(x, mode=mode), two.infer_batch(x, mode=mode)
+            assert [r.exit_index for r in a] == [r.exit_index for r in b]
+            np.testing.assert_allclose(np.stack([r.logits for r in a]), np.stack([r.logits for r in b]), atol=1e-5)
+        assert {tier for tier, _ in one.executor.sessions} == {0} and {1} <= {t for t, _ in two.executor.sessions}
+        small = two.executor.start(two.preprocess.batch(x[:PARALLEL_FROM - 1]))
+        assert small.tier == 0 and two.executor.start(two.preprocess.batch(x)).tier == 1
+        assert "from batch 16, 1 below" in two.executor.describe()

@@ -14,8 +14,9 @@ and never looks inside one:
 
 The base class does what every backend needs once: open/close state checks, the feed check at start
 (names, dtypes, shapes, one batch size, finite values), and which graphs a call runs (`route`). Graphs
-load when first run, or at open for the ones named there (`open(needs)`: the runtime names its mode's,
-so a process that serves one mode never loads the rest). Each backend writes load, unload, place,
+load when first run, or at open for the ones named there (`open(needs, later)`: the runtime names the
+first graph of its mode to load now and the rest of the mode's to load in the background, so the first
+result comes sooner and a process that serves one mode never loads the others). Each backend writes load, unload, place,
 segment, keep and chain. A handle is only valid until the next call that takes it.
 """
 from abc import ABC, abstractmethod
@@ -58,8 +59,9 @@ class Executor(ABC):
 
     # --- what each backend writes
     @abstractmethod
-    def load(self, names: list) -> None:
-        """Make the engines of the graphs called `names` ready (a loader function does the work)."""
+    def load(self, names: list, later: list = ()) -> None:
+        """Make the engines of the graphs called `names` ready (a loader function does the work); those of
+        `later` may load in the background (a call that needs one before then waits for it)."""
 
     @abstractmethod
     def unload(self) -> None:
@@ -105,11 +107,13 @@ class Executor(ABC):
             outs.append(host)
         return outs
 
-    def open(self, needs: list = None) -> "Executor":
-        """Load the graphs called `needs` now (None: every graph); the others load when first run."""
+    def open(self, needs: list = None, later: list = ()) -> "Executor":
+        """Load the graphs called `needs` now (None: every graph) and `later` in the background; any other
+        loads when first run."""
         if self.is_open:
             raise BackendStateError(f"{self.name} backend | already open; close it first")
-        self.load([g.name for g in self.graphs + list(self.chains.values())] if needs is None else list(needs))
+        self.load([g.name for g in self.graphs + list(self.chains.values())] if needs is None else list(needs),
+                  list(later))
         self.is_open = True
         return self
 

@@ -5,6 +5,9 @@ Execution providers are checked twice, since onnxruntime-gpu quietly runs on the
 TensorRT cannot start: a requested provider must be in get_available_providers() before the session is
 made, and in the session's get_providers() after. Either miss is one line, never a silent fallback.
 """
+import atexit
+import threading
+
 from edge_runtime.backends.base import Executor
 from edge_runtime.core.chain import HIDDEN_OUT, carried_names, host_outputs, next_feed
 from edge_runtime.core.errors import EdgeError, Exit
@@ -117,6 +120,7 @@ class OrtExecutor(Executor):
         self.sessions = {}             # (tier, graph name) -> InferenceSession, made when first needed
         self._options = {}
         self._runs = [[None] * len(self.graphs) for _ in self.tiers]   # segment k's bound session.run
+        self._locks, self._loader, self._stop_loading = {}, None, threading.Event()
         self.carried = carried_names([g.inputs for g in self.graphs])
         self.output_names = [[o["name"] for o in g.outputs] for g in self.graphs]
         self.host = [host_outputs(g.outputs, k) for k, g in enumerate(self.graphs)]
@@ -124,8 +128,20 @@ class OrtExecutor(Executor):
     def session(self, name: str, tier: int = 0):
         s = self.sessions.get((tier, name))
         if s is None:
-            s = self.sessions[(tier, name)] = self._load(self.spec(name), self.tiers[tier])
+            with self._locks.setdefault((tier, name), threading.Lock()):   # the background loader may be on it
+                s = self.sessions.get((tier, name))
+                if s is None:
+                    s = self.sessions[(tier, name)] = self._load(self.spec(name), self.tiers[tier])
         return s
+
+    def _load_later(self, names: list) -> None:
+        for name in names:
+            if self._stop_loading.is_set():
+                return
+            try:
+                self.session(name)
+            except EdgeError:           # the call that needs it loads it again, and says why in one line
+                pass
 
     def _load(self, spec, threads: int):
         if threads not in self._options:
@@ -141,13 +157,33 @@ class OrtExecutor(Executor):
                             f"{[o['name'] for o in spec.outputs]}", Exit.CORRUPT)
         return s
 
-    def load(self, names: list) -> None:
-        """The single-thread sessions of `names`; the multi-thread tier loads with the first large batch."""
+    def load(self, names: list, later: list = ()) -> None:
+        """The single-thread sessions of `names`, then of `later` in a background thread (ONNX Runtime
+        builds a session without the GIL); the multi-thread tier loads with the first large batch."""
         self.unload()
         for name in names:
             self.session(name)
+        if later:
+            self._stop_loading.clear()
+            self._loader = threading.Thread(target=self._load_later, args=(list(later),), daemon=True,
+                                            name="edge-runtime-loader")
+            self._loader.start()
+            atexit.register(self._stop_loader)     # a process exiting mid-load would abort inside ONNX Runtime
+
+    def wait_loaded(self) -> None:
+        """Wait until the background loader has made every session it was given."""
+        if self._loader is not None:
+            self._loader.join()
+
+    def _stop_loader(self) -> None:
+        if self._loader is not None:
+            self._stop_loading.set()
+            self._loader.join()
+            self._loader = None
+            atexit.unregister(self._stop_loader)
 
     def unload(self) -> None:
+        self._stop_loader()
         self.sessions, self._runs = {}, [[None] * len(self.graphs) for _ in self.tiers]
 
     def describe(self) -> str:

@@ -12,6 +12,7 @@ its logits in the same call. Modes:
 Rows are handled as arrays: `Decision.keep(rows)` drops the rows that stopped, so the scheduler can run
 the next segment on the rest (batched early exit) with each row's state intact.
 """
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.chain import HIDDEN_OUT
 from edge_runtime.core.kernels import kernels
-from edge_runtime.core.policy import f32, state_size
+from edge_runtime.core.policy import state_size
 from edge_runtime.core.predictor import TreeEnsemble
 
 MODES = ("progressive", "oneshot", "fixed:D", "full")
@@ -57,33 +58,52 @@ class Decision:
     """The controller's per-row state for one batch, from segment 0 to the last row's stop.
     Make it with Controller.start, which also decides exit 0."""
 
-    def __init__(self, controller: "Controller", mode: Mode, lam: np.ndarray, proba: np.ndarray, preds,
-                 state=None, first_stop=None, target=None):
-        """target: oneshot's exit per row, argmax_d P(l* <= d) - lambda * plain cost(d) (Controller.start)."""
+    def __init__(self, controller: "Controller", mode: Mode, preds=None, state=None, first_stop=None, target=None):
+        """preds, state: progressive's argmax table and rollout state (edge_runtime.core.policy); first_stop:
+        exit 0's decision; target: oneshot's exit per row, argmax_d P(l* <= d) - lambda * plain cost(d)."""
         self.c, self.mode, self.preds = controller, mode, preds
         self.state, self.first_stop, self.target = state, first_stop, target
-
+        self.stop_out = None if first_stop is None or len(first_stop) != 1 else first_stop   # batch 1: reused
     def stop(self, k: int, logits: np.ndarray) -> np.ndarray:
         """(n,) bool: which rows stop at exit k, given that exit's logits (n, classes)."""
-        n, last = len(logits), self.c.num_exits - 1
+        last = self.c.num_exits - 1
         if k == 0 and self.first_stop is not None:   # decided with level 1, in the same call
             return self.first_stop
         if self.state is not None and k < last:      # progressive: one compiled call does it all
-            return self.c.policy.boundary(k, self.state, self.preds, logits, self.c.used)
-        self.preds[:, k] = logits.argmax(-1)
+            return self.c.policy.boundary(k, self.state, self.preds, logits, self.c.used, self.stop_out)
         if k == last:
-            return np.ones(n, bool)
+            return np.ones(len(logits), bool)
         if self.mode.name == "fixed":
-            return np.full(n, k >= self.mode.exit_index)
+            return np.full(len(logits), k >= self.mode.exit_index)
         return self.target <= k                     # oneshot
 
     def keep(self, rows: np.ndarray) -> None:
         """Keep only `rows` (indices or a mask) for the boundaries to come."""
-        self.preds = self.preds[rows]
+        self.stop_out = None
+        if self.preds is not None:
+            self.preds = self.preds[rows]
         if self.state is not None:
             self.state = self.state[rows]
         if self.target is not None:
             self.target = self.target[rows]
+
+
+class Buffers:
+    """The arrays one decision writes, for n rows, and the kernels' argument tails built around them.
+    Batch 1 reuses one set per thread (Controller.buffers): no numpy allocation between two segment runs."""
+
+    def __init__(self, c: "Controller", n: int):
+        t, p, E = c.predictor, c.policy, c.num_exits
+        self.lam = np.empty(n, np.float32)
+        self.features, self.proba = np.empty((n, t.num_features), np.float32), np.empty((n, E), np.float32)
+        self.preds, self.stop = np.empty((n, E), np.int64), np.empty(n, bool)
+        self.state = np.empty((n, state_size(E) + 2 * p.hidden + E), np.float32)
+        self.target = np.empty(n, np.int64)
+        self.made_for = (t, p)     # a controller whose predictor or policy is replaced needs new tails
+        self.first = (self.features, self.lam, t.nodes, t.nan_true, t.roots, t.softmax, p.use_predictor, p._packed,
+                      c.used, self.proba, self.state, self.preds, self.stop)
+        self.oneshot = (self.features, self.lam, t.nodes, t.nan_true, t.roots, t.softmax, c.plain, self.proba,
+                        self.target)
 
 
 class Controller:
@@ -95,9 +115,9 @@ class Controller:
         self.policy = engine.policy_arrays()
         self.used = np.asarray(ctrl["costs"]["used"], np.float32)
         self.plain = np.asarray(ctrl["costs"]["plain"], np.float64)
-        self.predictor = TreeEnsemble.from_onnx(engine.file(ctrl["predictor"]["file"]))
+        self.predictor = TreeEnsemble.load(engine.file(ctrl["predictor_trees"]["file"]))
         if self.predictor.classes != self.num_exits:
-            raise EdgeError(f"{ctrl['predictor']['file']} | {self.predictor.classes} classes for {self.num_exits} "
+            raise EdgeError(f"{ctrl['predictor_trees']['file']} | {self.predictor.classes} classes for {self.num_exits} "
                             "exits", Exit.CORRUPT)
         self.projection = engine.projection()
         if self.projection.weight.shape[1] + 6 != self.predictor.num_features:
@@ -108,6 +128,7 @@ class Controller:
         self.input_specs = engine.segments[0]["inputs"]
         self.hidden_spec = next(o for o in engine.segments[0]["outputs"] if o["name"] == HIDDEN_OUT)
         self._first_boundary, self._oneshot = kernels.first_boundary, kernels.oneshot   # not built: one line, here
+        self._local = threading.local()    # batch 1's Buffers, one set per thread
 
     def warm_up(self, classes: int) -> None:
         """One dummy decision of each adaptive mode: nothing to compile (the C kernels are built at install),
@@ -116,7 +137,7 @@ class Controller:
         host = {"logits": np.zeros((1, classes), np.float32),
                 HIDDEN_OUT: np.zeros([1] + self.hidden_spec["shape"][1:], np.float32)}
         for mode in (Mode("progressive"), Mode("oneshot")):
-            decision = self.start(mode, np.ones(1, np.float32), feed, host)
+            decision = self.start(mode, 1.0, feed, host)
             if self.num_exits > 2:
                 decision.stop(1, host["logits"])
 
@@ -145,25 +166,31 @@ class Controller:
         self.call(kernels.features, self.feature_inputs(feed, host), (out,))
         return out
 
-    def start(self, mode: Mode, lam: np.ndarray, feed: dict, host: dict) -> Decision:
+    def buffers(self, n: int) -> Buffers:
+        if n != 1:
+            return Buffers(self, n)
+        b = getattr(self._local, "one", None)
+        if b is None or b.made_for[0] is not self.predictor or b.made_for[1] is not self.policy:
+            b = self._local.one = Buffers(self, 1)
+        return b
+
+    def start(self, mode: Mode, lam, feed: dict, host: dict) -> Decision:
         """The decision state after segment 0, from its feed and host outputs (logits, hidden_out), in one C
         call per mode: progressive's features, level 1, the rollout state and the first policy step
         (edge_runtime._kernels.first_boundary), or oneshot's features, level 1 and each row's exit
         (oneshot). Between two segment runs the caches are cold and every further call into numpy costs
-        microseconds; fixed modes never read the predictor."""
-        n, E = len(lam), self.num_exits
+        microseconds; fixed modes never read the predictor.
+
+        Args:
+            lam: the budget, one float for every row.
+        """
         if mode.name == "fixed":
-            return Decision(self, mode, lam, np.zeros((n, E), np.float32), np.zeros((n, E), np.int64))
-        t, p = self.predictor, self.policy
-        features, proba = np.empty((n, t.num_features), np.float32), np.empty((n, E), np.float32)
+            return Decision(self, mode)
+        b = self.buffers(len(host["logits"]))
+        b.lam[:] = lam
         inputs = self.feature_inputs(feed, host)
-        if mode.name == "progressive" and E > 1:
-            preds, stop = np.empty((n, E), np.int64), np.empty(n, bool)
-            state = np.empty((n, state_size(E) + 2 * p.hidden + E), np.float32)
-            self.call(self._first_boundary, inputs, (features, f32(lam), t.nodes, t.nan_true, t.roots, t.softmax,
-                                                     p.use_predictor, p._packed, self.used, proba, state, preds, stop))
-            return Decision(self, mode, lam, proba, preds, state, stop)
-        target = np.empty(n, np.int64)
-        self.call(self._oneshot, inputs, (features, f32(lam), t.nodes, t.nan_true, t.roots, t.softmax, self.plain,
-                                          proba, target))
-        return Decision(self, mode, lam, proba, np.zeros((n, E), np.int64), target=target)
+        if mode.name == "progressive" and self.num_exits > 1:
+            self.call(self._first_boundary, inputs, b.first)
+            return Decision(self, mode, b.preds, b.state, b.stop)
+        self.call(self._oneshot, inputs, b.oneshot)
+        return Decision(self, mode, target=b.target)

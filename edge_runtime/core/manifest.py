@@ -14,7 +14,8 @@ path relative to the engine directory and carries its sha256:
   baseline    {file, sha256, bytes, flops, inputs, outputs}: the unfolded model as one plain graph, what
               bench measures against; not needed on the device, so opening does not ask for it
   variants    [{depth, exit_index, chain (segment indices, 0..exit_index), flops, val_accuracy}]
-  controller  predictor, policy, policy_arrays, projection: each {file, sha256}; features (names, input
+  controller  predictor, predictor_trees (its trees as the device walks them), policy, policy_arrays,
+              projection: each {file, sha256}; features (names, input
               statistics, projection_dims and how the projection reads segment 0's output);
               costs {used, plain}: per exit, the compute spent stopping there (every head on the way) and
               the plain depth-d model's, as fractions of full depth; operating_points {progressive,
@@ -45,7 +46,7 @@ from edge_runtime.core.files import write_atomic
 SCHEMA = "edge-engines"
 SCHEMA_VERSION = 4   # 2: controller.costs, operating_points; 3: builds, bench keyed by backend; 4: chains, baseline
 MANIFEST = "manifest.json"
-CONTROLLER_FILES = ("predictor", "policy", "policy_arrays", "projection")
+CONTROLLER_FILES = ("predictor", "predictor_trees", "policy", "policy_arrays", "projection")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 

@@ -106,15 +106,17 @@ class PolicyArrays:
         kernels.start(proba, np.ascontiguousarray(lam, np.float32), self.use_predictor, st, preds)
         return st, preds
 
-    def boundary(self, k: int, st: np.ndarray, preds: np.ndarray, logits: np.ndarray, used: np.ndarray) -> np.ndarray:
+    def boundary(self, k: int, st: np.ndarray, preds: np.ndarray, logits: np.ndarray, used: np.ndarray,
+                 out: np.ndarray = None) -> np.ndarray:
         """(n,) bool stop for every row at boundary k, stepping the rollout state `st` in place.
 
         preds: (n, E) int64 argmax of each exit so far, column k written here from logits (n, classes), whose
         confidence (edge_runtime.core.features.confidence) the kernel computes; used: (E,) float32 compute
         spent stopping at each exit, as a fraction of full depth. st and preds must be rollout's (C-contiguous
         float32, int64); logits and used of another dtype or layout are converted (the kernel reads
-        C-contiguous float32 only, and says so with a TypeError)."""
-        stop = np.empty(len(st), bool)
+        C-contiguous float32 only, and says so with a TypeError). out: an (n,) bool array to write the answer
+        into (default: a new one)."""
+        stop = np.empty(len(st), bool) if out is None else out
         try:
             kernels.boundary(k, st, preds, logits, self._packed, used, stop)
         except TypeError:
