@@ -140,7 +140,6 @@ class Runtime:
         self.preprocess = make_preprocess(engine)
         self.labels = list(engine.task["labels"])
         self.depths = [v["depth"] for v in engine.variants]
-        self.chain_flops = np.cumsum([s["flops"] for s in engine.segments], dtype=np.int64)
         self.flops = mode_flops(engine, executor)
         self._exit_of = [np.array([k], np.int64) for k in range(len(engine.segments))]   # batch 1's exit_index
         for a in self._exit_of:

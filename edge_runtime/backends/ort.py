@@ -146,7 +146,7 @@ class OrtExecutor(Executor):
     def _load(self, spec, threads: int):
         if threads not in self._options:
             ort = lazy_import("onnxruntime", extra="runtime")
-            self._options[threads] = session_options(ort, threads, check_providers(ort, self.providers))
+            self._options[threads] = session_options(ort, threads, self.providers)   # session_from_file checks them
         s = session_from_file(spec.path, self.providers, threads, spec.path.name, self._options[threads])
         got, want = [i.name for i in s.get_inputs()], [i["name"] for i in spec.inputs]
         if got != want:
