@@ -23,15 +23,17 @@ import numpy as np
 
 from edge_runtime import backends
 from edge_runtime.core.budget import Budget, Curve, Spend
+from edge_runtime.core.chain import check_feed
 from edge_runtime.core.controller import MODES, Controller, Mode
 from edge_runtime.core.engine_dir import EngineDir
 from edge_runtime.core.errors import EdgeError, Exit
+from edge_runtime.core.gpu_plan import parse_buckets, pieces
 from edge_runtime.core.kernels import kernels
 from edge_runtime.core.manifest import MANIFEST
 from edge_runtime.core.preprocess import make_preprocess
 from edge_runtime.core.stats import Stats
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass
@@ -69,6 +71,8 @@ class RuntimeOptions:
     precision: str = "fp32"        # fp32 (the optimised build when there is one) or int8
     threads: int = 1               # intra-op threads; 0 = the backend's own default (ORT: one per core)
     providers: tuple = ()          # ONNX Runtime execution providers; () = CPU
+    cuda_graphs: bool = True       # GPU backends: replay captured CUDA graphs (False: plain launches)
+    buckets: tuple = None          # GPU backends: batch buckets; None: the build's (torch-CUDA: 1..32)
 
     @staticmethod
     def add_args(p) -> None:   # p: an argparse parser (argparse stays out of the runtime's import)
@@ -76,18 +80,24 @@ class RuntimeOptions:
         g.add_argument("--backend", default="auto",
                        help=f"auto (what the engines were exported for) or one of: {', '.join(backends.BACKENDS)}")
         g.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                       help="fp32 (the optimised build when there is one) or int8 (needs edge-infer build)")
+                       help="fp32 (the optimised build when there is one), fp16 (TensorRT and torch-CUDA) or int8 "
+                            "(needs edge-infer build)")
         g.add_argument("--threads", type=int, default=1, metavar="N",
                        help="intra-op threads per graph (default 1: predictable latency; 0: the backend's default)")
         g.add_argument("--providers", default="", metavar="LIST",
                        help="ONNX Runtime execution providers, comma-separated (default: CPUExecutionProvider)")
+        g.add_argument("--cuda-graphs", choices=("on", "off"), default="on",
+                       help="GPU backends: replay pre-captured CUDA graphs (default on) or launch plainly")
+        g.add_argument("--buckets", default=None, metavar="LIST",
+                       help="GPU backends: batch buckets, e.g. 1,2,4,8,16,32 (default: the build's)")
 
     @classmethod
     def from_args(cls, ns) -> "RuntimeOptions":
         if ns.threads < 0:
             raise EdgeError(f"--threads {ns.threads} | must be 0 (the backend's default) or more", Exit.BAD_INPUT)
         providers = tuple(p.strip() for p in ns.providers.split(",") if p.strip())
-        return cls(ns.backend, ns.precision, ns.threads, providers)
+        buckets = parse_buckets(ns.buckets) if getattr(ns, "buckets", None) else None
+        return cls(ns.backend, ns.precision, ns.threads, providers, getattr(ns, "cuda_graphs", "on") == "on", buckets)
 
     def backend_for(self, engine: EngineDir) -> str:
         """The backend to run: the one given (checked), or for auto the one the export was stamped with
@@ -100,11 +110,14 @@ class RuntimeOptions:
         """(closed Executor, Build) over this option's build of `engine`; a stamp this machine cannot honour
         is one line."""
         name = self.backend_for(engine)
-        built = engine.build(name, precision or self.precision)
+        precision = precision or self.precision
+        built = engine.build(name, precision, backends.BACKENDS[name].from_export)
         reason = backends.stamp_refusal(built.stamp)
         if reason:
             raise EdgeError(f"{MANIFEST} | {built.where} ({built.label}): {reason}", Exit.BAD_INPUT)
-        return backends.create(name, built.graphs, self.threads, self.providers, built.chains), built
+        buckets = self.buckets or built.stamp.get("buckets")
+        return backends.create(name, built.graphs, self.threads, self.providers, built.chains, precision,
+                               buckets=tuple(buckets) if buckets else None, use_graphs=self.cuda_graphs), built
 
 
 def graphs_for(executor, mode: Mode, num_exits: int) -> list:
@@ -214,8 +227,10 @@ class Runtime:
         """
         the_mode = self.mode if mode is None else self.parse_mode(mode)
         ex = self.executor
-        handle = ex.start(feed, check)
         n = len(next(iter(feed.values())))
+        if ex.max_batch is not None and n > ex.max_batch:    # a GPU executor's largest bucket: run in pieces
+            return self._run_pieces(feed, budget, the_mode, spent_ms, check)
+        handle = ex.start(feed, check)
         if the_mode.name == "fixed":    # one chain call: no budget, no controller
             k = the_mode.exit_index
             t0 = time.perf_counter()
@@ -253,6 +268,16 @@ class Runtime:
         else:
             t_seg, t_ctrl = self._progressive(handle, rows, decision, logits_out, exit_out, t_seg, t_ctrl)
         return BatchOutput(logits_out, exit_out, {"segments": t_seg, "controller": t_ctrl}, lam, flops)
+
+    def _run_pieces(self, feed: dict, budget, mode: Mode, spent_ms: float, check: bool) -> BatchOutput:
+        """`run` over pieces of at most the executor's largest batch, joined (the lambda of the first)."""
+        if check:
+            check_feed("segment_0", self.executor.graphs[0], feed)
+        outs = [self.run({k: v[a:b] for k, v in feed.items()}, budget, mode, spent_ms, check=False)
+                for a, b in pieces(len(next(iter(feed.values()))), self.executor.max_batch)]
+        seconds = {k: sum(o.seconds[k] for o in outs) for k in outs[0].seconds}
+        return BatchOutput(np.concatenate([o.logits for o in outs]), np.concatenate([o.exit_index for o in outs]),
+                           seconds, outs[0].lam, outs[0].flops)
 
     def _run_one(self, mode: Mode, handle, feed: dict, lam: float) -> BatchOutput:
         """`run` for one input, the case a camera stream lives in: the same calls, with none of the batch

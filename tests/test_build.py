@@ -145,9 +145,9 @@ def test_a_tampered_build_stamp_is_refused_at_load(engine_copy):
                    "needs 1.999")
     assert_refused(run_infer("dataset://digits/test", "--engine-dir", engine_copy, "--headless", "--precision",
                              "int8"), Exit.BAD_INPUT, "build stamp: onnxruntime 1.999.0")
-    edit_build(engine_copy, "int8", lambda b: b.update(backend="tensorrt"))
+    edit_build(engine_copy, "int8", lambda b: b.update(backend="torch-cuda"))   # (a tensorrt entry has its own schema)
     assert_refused(run_infer("check", "--engine-dir", engine_copy, "--precision", "int8"), Exit.NOT_FOUND,
-                   "no onnxruntime int8 build", "tensorrt int8 build")
+                   "no onnxruntime int8 build", "torch-cuda int8 build")
     edit_build(engine_copy, "fp32", lambda b: b["device"].update(machine="aarch64"))   # portable: still fits
     out, err, code = run_infer("check", "--engine-dir", engine_copy)
     assert code == Exit.OK, err

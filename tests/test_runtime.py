@@ -157,6 +157,8 @@ class OpaqueExecutor:
     """Wraps the ORT executor and hands the scheduler only Opaque handles (test-only): decisions and outputs
     must come out as with the ORT executor itself."""
 
+    max_batch = None
+
     def __init__(self, inner):
         self.inner, self.name, self.is_open = inner, "opaque", True
 

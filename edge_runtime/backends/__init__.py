@@ -1,8 +1,9 @@
 """Backends by name, imported only when chosen (Polygraphy's lazy imports): `--backend trt` without
 TensorRT fails alone, in one line, and the rest of edge-infer works.
 
-A backend is an Executor (backends/base.py) over the graphs of one build of an engine directory. Only
-ONNX Runtime exists so far; TensorRT and torch-CUDA join this table. A build's stamp is checked here
+A backend is an Executor (backends/base.py) over the graphs of one build of an engine directory: ONNX
+Runtime (CPU, or its CUDA / TensorRT execution providers), native TensorRT engines built on the device, and
+torch-CUDA, which runs the exported graphs themselves (backends/gpu.py holds what the two GPU executors share). A build's stamp is checked here
 (stamp_fit): the backend (or its package) is not here, the precision is not one the backend runs, the
 runtime is older than the files need, or (for backends whose engines are built per device) another machine.
 """
@@ -22,13 +23,18 @@ class BackendInfo:
     extra: str           # the pip extra (or JetPack part) that brings the package
     precisions: tuple    # what its builds may be in
     portable: bool       # True: its files run on any machine; False: engines are built per device
+    from_export: tuple = ("fp32",)   # precisions it runs straight from the exported ONNX graphs (no build)
 
 
 BACKENDS = {
     "onnxruntime": BackendInfo("edge_runtime.backends.ort", "OrtExecutor", "onnxruntime", "runtime",
                                ("fp32", "int8"), portable=True),
+    "tensorrt": BackendInfo("edge_runtime.backends.tensorrt", "TensorrtExecutor", "tensorrt", "jetson",
+                            ("fp32", "fp16", "int8"), portable=False, from_export=()),
+    "torch-cuda": BackendInfo("edge_runtime.backends.torch_cuda", "TorchCudaExecutor", "torch", "train",
+                              ("fp32", "fp16"), portable=True, from_export=("fp32", "fp16")),
 }
-ALIASES = {"ort": "onnxruntime"}
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "torch": "torch-cuda"}
 
 
 def resolve(name: str) -> str:
@@ -51,7 +57,8 @@ def package_version(name: str) -> str:
     return getattr(lazy_import(info.package, info.extra), "__version__", "unknown")
 
 
-def create(name: str, graphs: list, threads: int = 1, providers: tuple = (), chains: dict = None):
+def create(name: str, graphs: list, threads: int = 1, providers: tuple = (), chains: dict = None,
+           precision: str = "fp32", **gpu):
     """A closed Executor of backend `name` over `graphs` ([GraphSpec] in chain order).
 
     Args:
@@ -60,6 +67,8 @@ def create(name: str, graphs: list, threads: int = 1, providers: tuple = (), cha
         chains: the build's chain graphs ({(from, to): GraphSpec}).
         threads: intra-op threads (0: the backend's own default).
         providers: ONNX Runtime execution providers; () = CPU.
+        precision: what the graphs run in (the torch backend runs fp16 from the fp32 files).
+        gpu: the GPU executors' options: buckets, use_graphs (backends/gpu.py).
     """
     info = BACKENDS[resolve(name)]
     lazy_import(info.package, info.extra)
@@ -67,7 +76,8 @@ def create(name: str, graphs: list, threads: int = 1, providers: tuple = (), cha
     if info.module == "edge_runtime.backends.ort":
         return cls(graphs, providers=tuple(providers) or ("CPUExecutionProvider",), intra_op_num_threads=threads,
                    chains=chains)
-    return cls(graphs, threads=threads, chains=chains)
+    return cls(graphs, threads=threads, chains=chains, precision=precision,
+               **{k: v for k, v in gpu.items() if v is not None})
 
 
 def major_minor(version: str):
@@ -116,6 +126,10 @@ def stamp_fit(stamp: dict) -> list:
         ok = b is not None and h is not None and b[0] == h[0] and h[1] >= b[1]
         note = "" if ok else f"needs {b[0]}.{b[1]} or a later {b[0]}.x" if b else "unreadable version"
         fits.append(Fit("onnxruntime", built_v + (" or later" if need else ""), here_v, ok, note))
+    if canonical == "tensorrt":
+        # A plan runs only under the TensorRT that built it, on the GPU it was tuned for (and its JetPack)
+        from edge_runtime.core import trt_api
+        fits += [Fit(*row) for row in trt_api.stamp_fit(stamp)]
     built_dev = stamp.get("device", {})
     here_dev = {"machine": platform.machine(), "system": platform.system()}
     same = all(built_dev.get(k) == v for k, v in here_dev.items())

@@ -34,6 +34,7 @@ class Executor(ABC):
     """Base of every backend: construct closed, `open()`, run, `close()` (or use it as a context manager)."""
 
     name = "base"
+    max_batch = None     # the most rows one call takes (a GPU executor's largest bucket); None: any
 
     def __init__(self, graphs: list, chains: dict = None):
         """Args:
@@ -101,6 +102,12 @@ class Executor(ABC):
         """Host outputs of every segment 0..upto (default: the last) on `feed`, segment by segment, as
         progressive mode steps: what check, build and the benchmarks compare."""
         last = len(self.graphs) - 1 if upto is None else upto
+        n = len(next(iter(feed.values())))
+        if self.max_batch is not None and n > self.max_batch:
+            parts = [self.outputs({k: v[a:a + self.max_batch] for k, v in feed.items()}, upto)
+                     for a in range(0, n, self.max_batch)]
+            return [{name: np.concatenate([p[k][name] for p in parts]) for name in parts[0][k]}
+                    for k in range(last + 1)]
         handle, outs = self.start(feed), []
         for k in range(last + 1):
             handle, host = self.segment(k, handle)

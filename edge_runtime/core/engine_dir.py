@@ -135,10 +135,11 @@ class EngineDir:
             out.append((b["backend"], b["precision"], f"{b['backend']} {b['precision']} build", b))
         return out
 
-    def build(self, backend: str, precision: str = "fp32") -> Build:
+    def build(self, backend: str, precision: str = "fp32", from_export: tuple = ("fp32",)) -> Build:
         """The build of (backend, precision): a `builds` entry when there is one (open() hash-checked its files),
-        else for fp32 the exported segments (an onnxruntime build; another backend builds its engines from
-        them). `backend` is a canonical name (edge_runtime.backends.resolve)."""
+        else, for a precision in `from_export` (those the backend runs straight from the exported ONNX graphs:
+        onnxruntime fp32, torch-CUDA fp32 and fp16), the exported segments under the export's stamp.
+        `backend` is a canonical name (edge_runtime.backends.resolve)."""
         found = [(i, b) for i, b in enumerate(self.manifest.get("builds", []))
                  if b["backend"] == backend and b["precision"] == precision]
         if found:
@@ -150,14 +151,18 @@ class EngineDir:
                                 Exit.CORRUPT)
             paths = [self.file(f["file"]) for f in files]   # hash-checked by open(), with every listed file
             chain_files = {(c["from"], c["to"]): c["file"] for c in entry.get("chains") or []}
-        elif precision == "fp32" and backend == self.export_stamp["backend"]:
-            where, label, entry = "build", EXPORT, self.export_stamp
+        elif precision in from_export or (precision == "fp32" and backend == self.export_stamp["backend"]):
+            where, entry = "build", self.export_stamp
+            label = EXPORT if precision == "fp32" else f"{EXPORT} run in {precision}"
+            if backend != entry["backend"]:    # another backend running the same files: its stamp to check
+                entry = dict(entry, backend=backend, precision=precision)
             paths = [self.file(s["file"]) for s in self.segments]
             chain_files = {(c["from"], c["to"]): c["file"] for c in self.manifest.get("chains") or []}
         else:
             have = ", ".join(label for _, _, label, _ in self.builds())
             raise EdgeError(f"{MANIFEST} | no {backend} {precision} build (this directory has: {have}; make one: "
-                            f"edge-infer build --engine-dir {self.root} --precision {precision})", Exit.NOT_FOUND)
+                            f"edge-infer build --engine-dir {self.root} --backend {backend} --precision {precision})",
+                            Exit.NOT_FOUND)
         graphs = [GraphSpec(f"segment_{s['index']}", p, s["inputs"], s["outputs"]) for s, p in zip(self.segments, paths)]
         specs = {(c["from"], c["to"]): c for c in self.manifest.get("chains") or []}
         chains = {key: GraphSpec(f"chain_{key[0]}_{key[1]}", self.file(f), specs[key]["inputs"], specs[key]["outputs"])

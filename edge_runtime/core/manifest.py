@@ -25,7 +25,9 @@ path relative to the engine directory and carries its sha256:
               torch, python}, device {machine, processor, system}
   builds      (after edge-infer build or a device backend's build) [{backend, precision, files [{segment,
               file, sha256, bytes}], chains (optional, as above), versions, device, ...}]: one per (backend,
-              precision), each stamped
+              precision), each stamped. A tensorrt entry (edge_runtime.tools.build_trt) also holds buckets
+              (its profiles' batch sizes, increasing), device_memory {graphs, max}, chains [{from, to, file,
+              sha256, bytes}], versions.tensorrt and device {gpu, compute_capability, tensorrt, l4t}
   provenance  git_commit, dataset, config_sha256, checkpoint
   bench       (after edge-infer bench) [{backend, precision, threads, batch, machine, graphs,
               variant_ms {depth: median ms}, curves {mode: [{lambda, mean_ms}]}}]: one per (backend,
@@ -228,6 +230,33 @@ def build_entry(b: dict, at: str) -> None:
         file_ref(f, f"{at}files[{j}].")
     for j, f in enumerate(b.get("chains") or []):
         file_ref(f, f"{at}chains[{j}].")
+    if b["backend"] == "tensorrt":
+        tensorrt_entry(b, at)
+
+
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def tensorrt_entry(b: dict, at: str) -> None:
+    """What the TensorRT backend reads back from its build: a plan per segment in order and per chain, the
+    buckets its profiles were built for (one each, in order), the shared memory block and the stamp."""
+    if b["precision"] not in TRT_PRECISIONS:
+        raise bad(f"{at}precision {b['precision']!r}, a tensorrt build is one of {', '.join(TRT_PRECISIONS)}")
+    for j, f in enumerate(b["files"]):
+        if need(f, "segment", int, f"{at}files[{j}].") != j:
+            raise bad(f"{at}files[{j}].segment {f['segment']}, expected {j} (one plan per segment, in chain order)")
+    for j, c in enumerate(b.get("chains") or []):
+        need(c, "from", int, f"{at}chains[{j}].")
+        need(c, "to", int, f"{at}chains[{j}].")
+    buckets = need(b, "buckets", list, at)
+    if not buckets or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in buckets) \
+            or any(y <= x for x, y in zip(buckets, buckets[1:])):
+        raise bad(f"{at}buckets {buckets} must be positive batch sizes, increasing")
+    if need(need(b, "device_memory", dict, at), "max", int, f"{at}device_memory.") < 0:
+        raise bad(f"{at}device_memory.max must be a number of bytes")
+    need(b["versions"], "tensorrt", str, f"{at}versions.")
+    for key in ("gpu", "compute_capability", "tensorrt"):
+        need(b["device"], key, str, f"{at}device.")
 
 
 def bench_entry(b: dict, at: str) -> None:

@@ -143,6 +143,21 @@ def interleaved(paths: dict, n: int, say) -> dict:
     return times
 
 
+def mode_runners(rt, modes: dict, ones: list) -> tuple:
+    """({name: fn(i)} running Runtime.run on input i in each mode, the exit each input took, its controller
+    seconds): the batch-1 paths bench and the GPU check time."""
+    n = len(ones)
+    exits = {m: np.zeros(n, np.int64) for m in modes}
+    ctrl = {m: np.zeros(n) for m in modes}
+
+    def runner(m, mode):
+        def go(i):
+            out = rt.run(ones[i], mode=mode, check=False)
+            exits[m][i], ctrl[m][i] = out.exit_index[0], out.seconds["controller"]
+        return go
+    return {m: runner(m, mode) for m, mode in modes.items()}, exits, ctrl
+
+
 def row(name: str, t: list, base: dict, flops: float, plain_flops: int, percentiles, extra=None) -> dict:
     """One path against the plain graph. The saving ratio is of means, as the FLOPs saving is (an adaptive
     mode's latencies are a mixture over its exits, whose median is whichever exit most inputs take); the
@@ -172,16 +187,8 @@ def bench(rt, options: BenchOptions, say=print) -> dict:
         modes[m] = Mode(m)
     for k, d in enumerate(rt.depths[:-1]):
         modes[f"fixed:{d}"] = Mode("fixed", k)
-    exits = {m: np.zeros(n, np.int64) for m in modes}
-    ctrl = {m: np.zeros(n) for m in modes}
-
-    def runner(m, mode):
-        def go(i):
-            out = rt.run(ones[i], mode=mode, check=False)
-            exits[m][i], ctrl[m][i] = out.exit_index[0], out.seconds["controller"]
-        return go
-
-    feed_paths = {"plain graph": lambda i: plain.run(ones[i]), **{m: runner(m, mode) for m, mode in modes.items()}}
+    runners, exits, ctrl = mode_runners(rt, modes, ones)
+    feed_paths = {"plain graph": lambda i: plain.run(ones[i]), **runners}
     for i in range(min(options.warmup, n)):
         for fn in feed_paths.values():
             fn(i)

@@ -45,6 +45,7 @@ from edge_runtime.core.onnx_files import drop_value_info
 from edge_runtime.runtime import RuntimeOptions
 
 PRECISIONS = {"fp32": "opt", "int8": "int8"}   # precision -> the infix of its files: segment_K.<infix>.onnx
+ORDER = ("fp32", "fp16", "int8")                 # how `builds` lists a backend's precisions
 OPT_LEVELS = ("extended", "basic")
 PORTABLE_DOMAINS = ("", "ai.onnx")
 
@@ -219,8 +220,8 @@ def record_build(root, entry: dict) -> dict:
     manifest = read_manifest(root)
     key = (entry["backend"], entry["precision"])
     builds = [b for b in manifest.get("builds", []) if (b["backend"], b["precision"]) != key] + [entry]
-    manifest["builds"] = sorted(builds, key=lambda b: (b["backend"], list(PRECISIONS).index(b["precision"])
-                                                       if b["precision"] in PRECISIONS else len(PRECISIONS)))
+    manifest["builds"] = sorted(builds, key=lambda b: (b["backend"], ORDER.index(b["precision"])
+                                                       if b["precision"] in ORDER else len(ORDER)))
     return write_manifest(root, manifest)
 
 
@@ -274,6 +275,17 @@ def score_variants(engine: EngineDir, base, built, data: dict, options: BuildOpt
     return rows
 
 
+def refuse_losses(root, what: str, variants: list, tolerance: float) -> None:
+    """One line, and nothing written, when a variant loses more than `tolerance` points of validation
+    accuracy against the exported segments."""
+    worst = min(variants, key=lambda r: r["delta_points"])
+    if -worst["delta_points"] > tolerance:
+        raise EdgeError(f"{root} | {what} build refused: depth {worst['depth']} loses "
+                        f"{-worst['delta_points']:.2f} points of validation accuracy "
+                        f"({worst['export_val_accuracy'] * 100:.2f} % -> {worst['val_accuracy'] * 100:.2f} %), "
+                        f"tolerance {tolerance:g}; nothing written", Exit.MISMATCH)
+
+
 def build_engines(engine_dir, options: BuildOptions = BuildOptions(),
                   runtime: RuntimeOptions = RuntimeOptions()) -> dict:
     """Build, score and record one precision of an engine directory (module docstring).
@@ -281,16 +293,23 @@ def build_engines(engine_dir, options: BuildOptions = BuildOptions(),
     Args:
         engine_dir: an exported engine directory; the built files land in it.
         options: precision, calibration list and method, tolerance, optimisation level.
-        runtime: the backend (onnxruntime) and how its sessions run while scoring.
+        runtime: the backend (onnxruntime, or tensorrt: edge_runtime.tools.build_trt) and how its sessions
+            run while scoring.
     Returns:
         The `builds` entry written into the manifest.
     """
     root = Path(engine_dir)
     engine = EngineDir.open(root)
     backend = runtime.backend_for(engine)
+    if backend == "tensorrt":
+        from edge_runtime.tools.build_trt import build_tensorrt
+        return build_tensorrt(root, options, runtime)
     if backend != "onnxruntime":
-        raise EdgeError(f"backend '{runtime.backend}' | edge-infer build makes onnxruntime builds only "
-                        f"(TensorRT engines are built on the device by the TensorRT backend)", Exit.BAD_INPUT)
+        raise EdgeError(f"backend '{runtime.backend}' | edge-infer build makes onnxruntime and tensorrt builds only",
+                        Exit.BAD_INPUT)
+    if options.precision not in PRECISIONS:
+        raise EdgeError(f"--precision {options.precision} | onnxruntime builds {', '.join(PRECISIONS)} "
+                        f"(fp16 is a TensorRT build: --backend tensorrt)", Exit.BAD_INPUT)
     onnx = lazy_import("onnx", extra="runtime", why="edge-infer build")
     ort = lazy_import("onnxruntime", extra="runtime")
     ort.set_default_logger_severity(3)   # the quantizer's calibration sessions would warn on the console
@@ -308,12 +327,7 @@ def build_engines(engine_dir, options: BuildOptions = BuildOptions(),
             graphs, files, details = write_graphs(engine, tmp, options, calib, feeds, ort, onnx)
             with backends.create("onnxruntime", graphs, runtime.threads, runtime.providers) as built:
                 variants = score_variants(engine, base, built, data, options)
-        worst = min(variants, key=lambda r: r["delta_points"])
-        if -worst["delta_points"] > options.tolerance:
-            raise EdgeError(f"{root} | {precision} build refused: depth {worst['depth']} loses "
-                            f"{-worst['delta_points']:.2f} points of validation accuracy "
-                            f"({worst['export_val_accuracy'] * 100:.2f} % -> {worst['val_accuracy'] * 100:.2f} %), "
-                            f"tolerance {options.tolerance:g}; nothing written", Exit.MISMATCH)
+        refuse_losses(root, precision, variants, options.tolerance)
         size, export_size = sum(f["bytes"] for f in files), sum(s["bytes"] for s in engine.segments)
         opset = max(o.version for f in files for o in onnx.load(str(tmp / f["file"])).opset_import if o.domain == "")
         entry = {"backend": "onnxruntime", "precision": precision, "opset": int(opset), "files": files,
@@ -338,6 +352,9 @@ def build_engines(engine_dir, options: BuildOptions = BuildOptions(),
 
 def build_summary(entry: dict, engine_dir) -> str:
     """The terminal's view of a build: sizes, then one row per variant."""
+    if entry["backend"] == "tensorrt":
+        from edge_runtime.tools.build_trt import summary
+        return summary(entry, engine_dir)
     c = entry.get("quantization", {}).get("calibration")
     what = (f"optimisation {entry['optimization']['level']}" if c is None else
             f"QDQ, {c['method']} calibration on {c['samples']} {c['split']} samples")

@@ -36,7 +36,8 @@ def cmd_build(args) -> int:
     from edge_runtime.runtime import RuntimeOptions
     from edge_runtime.tools.build import BuildOptions, build_engines, build_summary
     options, runtime = BuildOptions.from_args(args), RuntimeOptions.from_args(args)
-    print(f"build {args.engine_dir}: onnxruntime {options.precision}, scored against the exported segments, "
+    backend = "onnxruntime" if runtime.backend == "auto" else runtime.backend
+    print(f"build {args.engine_dir}: {backend} {options.precision}, scored against the exported segments, "
           f"tolerance {options.tolerance:g} points", flush=True)
     entry = build_engines(args.engine_dir, options, runtime)
     print(build_summary(entry, args.engine_dir))
@@ -160,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     RuntimeOptions.add_args(c)
     c.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     c.set_defaults(func=cmd_check)
-    b = sub.add_parser("build", allow_abbrev=False, help="ONNX Runtime builds: optimised fp32 or INT8 (QDQ), scored and recorded")
+    b = sub.add_parser("build", allow_abbrev=False,
+                       help="builds: ONNX Runtime optimised fp32 or INT8 (QDQ), TensorRT fp32/fp16/int8 engines on "
+                            "the device (--backend tensorrt); scored and recorded")
     b.add_argument("--engine-dir", required=True, metavar="DIR")
     BuildOptions.add_args(b)
     RuntimeOptions.add_args(b)   # --precision: the build to make
