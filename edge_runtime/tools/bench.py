@@ -175,6 +175,9 @@ def row(name: str, t: list, base: dict, flops: float, plain_flops: int, percenti
 
 def bench(rt, options: BenchOptions, say=print) -> dict:
     """Every measurement of the module docstring on the opened Runtime `rt`."""
+    if rt.built.backend != "onnxruntime":   # its baseline is an ONNX Runtime session: no fair ratio for a GPU
+        raise EdgeError(f"bench --backend {rt.built.backend} | bench measures ONNX Runtime builds against a plain "
+                        f"ONNX Runtime graph; GPU backends: python benchmarks/gpu_check.py OUT_DIR", Exit.BAD_INPUT)
     raw, feed, uri, labels = load_inputs(rt, options)
     plain = PlainGraph(rt)
     n = len(raw)
