@@ -63,7 +63,11 @@ def cmd_fit_controller(args) -> int:
 
 def cmd_eval_controller(args) -> int:
     from edge_model.controller.fit import eval_controller
-    eval_controller(args.checkpoint, args.report, args.controller, args.compare)
+    from edge_model.controller.ltt import check_method, check_risk, parse_epsilons
+    from edge_runtime.core.budget import fraction
+    epsilons, delta = parse_epsilons(args.epsilons), fraction(args.delta, "--delta")
+    eval_controller(args.checkpoint, args.report, args.controller, args.compare, epsilons, delta,
+                    check_risk(args.risk), check_method(args.pvalue))
     out = args.report or args.checkpoint.rstrip("/") + "/report"
     print(open(f"{out}/controller.md").read())
     return Exit.OK
@@ -135,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--controller", default=None, metavar="DIR", help="default: <checkpoint>/controller")
     ec.add_argument("--compare", default=None, metavar="DIR",
                     help="a second checkpoint (e.g. trained with --exit-loss final) reported beside this one")
+    # strings here, checked in the command: a bad value is one line, not argparse's usage block
+    ec.add_argument("--epsilons", default="0.25%,0.5%,1%,2%", metavar="LIST",
+                    help="Learn then Test's risk levels, percentages or fractions (default: 0.25%%,0.5%%,1%%,2%%)")
+    ec.add_argument("--delta", default="0.1", metavar="P",
+                    help="the guarantee holds with probability >= 1 - delta over the validation split (default 0.1)")
+    ec.add_argument("--risk", default="disagreement", metavar="RISK",
+                    help="disagreement (with full depth, label-free) or new-error (wrong where full depth is right)")
+    ec.add_argument("--pvalue", default="hb", metavar="METHOD",
+                    help="hb (Hoeffding-Bentkus) or binomial (exact for a binary risk)")
     ec.set_defaults(func=cmd_eval_controller)
     ex = sub.add_parser("export", help="fold, export every segment to ONNX and write an engine directory")
     ex.add_argument("--checkpoint", required=True, metavar="DIR",

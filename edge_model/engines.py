@@ -133,7 +133,7 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
     import onnx
     import onnxruntime
 
-    from edge_model.controller.fit import operating_points
+    from edge_model.controller.fit import calibration, operating_points
     from edge_model.exits import load_exits
     from edge_model.flops import model_flops
     from edge_model.fold import fold_model
@@ -225,6 +225,8 @@ def write_engines(tmp: Path, ckpt: Path, model, config: dict, data_dir, samples:
             # the compute the policy's state and oneshot's cost read, as fractions of the plain full depth
             "costs": {"used": (chain / plain[-1]).tolist(), "plain": (plain / plain[-1]).tolist()},
             "operating_points": operating_points(ckpt, ctrl),
+            # Learn then Test's counts per lambda on the validation split: the device certifies any eps from them
+            "calibration": calibration(ckpt, ctrl),
             "features": {
                 "names": predictor_meta["feature_names"],
                 "input_stats": {"kind": task["kind"], **INPUT_STATS[task["kind"]]},

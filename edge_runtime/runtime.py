@@ -164,7 +164,7 @@ class Runtime:
 
     @classmethod
     def open(cls, engine_dir, mode: str = "progressive", budget=None, options: RuntimeOptions = None,
-             deadline_ms: float = None, **runtime_options) -> "Runtime":
+             deadline_ms: float = None, max_disagreement=None, confidence=None, **runtime_options) -> "Runtime":
         """Open and verify `engine_dir`, load its graphs and controller.
 
         Args:
@@ -174,16 +174,21 @@ class Runtime:
                 the mode.
             options: a RuntimeOptions (backend, precision, threads, providers); or give those as keywords.
             deadline_ms: pick lambda per call so that the latency bench measured fits (instead of `budget`).
+            max_disagreement: serve the most aggressive lambda Learn then Test certifies, on the engine
+                directory's calibration counts, to disagree with full depth on at most this fraction of new
+                inputs (0.005 or "0.5%"), with probability >= `confidence` (default 0.9) over the calibration
+                split; a live guard fed by shadow frames (observe_shadow) steps back under drift.
         """
         options = options or RuntimeOptions(**runtime_options)
-        spend_on = Budget.of(budget, deadline_ms)
+        spend_on = Budget.of(budget, deadline_ms, max_disagreement, confidence)
         engine = EngineDir.open(engine_dir)
         the_mode = Mode.parse(mode, [v["depth"] for v in engine.variants])
         executor, built = options.executor(engine)
         measured = engine.bench_for(built.backend, built.precision, options.threads) or {}
         curves = {m: Curve(points) for m, points in measured.get("curves", {}).items()}
         spend = Spend(spend_on, engine.controller["operating_points"], curves,
-                      f"{built.backend} {built.precision}, {options.threads} thread(s)")
+                      f"{built.backend} {built.precision}, {options.threads} thread(s)",
+                      engine.controller.get("calibration"))
         graphs = graphs_for(executor, the_mode, len(engine.segments))
         executor.open(graphs[:1], graphs[1:])    # the first result needs the first graph; the rest load meanwhile
         try:
@@ -206,11 +211,21 @@ class Runtime:
         self.close()
 
     def describe(self) -> str:
-        """One line for headers: mode, budget, build, executor."""
-        lam = self.spend.lam(self.mode) if self.spend.budget.deadline_ms is None else None
-        budget = (f", lambda {lam:.4g}" if lam is not None else
-                  f", {self.spend.budget.describe()}" if self.mode.name != "fixed" else "")
+        """One line for headers: mode, budget (and the guarantee it runs under), build, executor."""
+        certified = self.spend.guarantee(self.mode)
+        if certified is not None:
+            budget = f", {certified.describe()}" + (f", deadline {self.spend.budget.deadline_ms:g} ms"
+                                                    if self.spend.budget.deadline_ms is not None else "")
+        else:
+            lam = self.spend.lam(self.mode) if self.spend.budget.deadline_ms is None else None
+            budget = (f", lambda {lam:.4g}" if lam is not None else
+                      f", {self.spend.budget.describe()}" if self.mode.name != "fixed" else "")
         return f"{self.mode} mode{budget}, {self.built.label} on {self.executor.describe()}"
+
+    def observe_shadow(self, differs: bool):
+        """A shadow frame's verdict (the answer differed from full depth's) for the guarantee's live guard:
+        a step dict when the guard stepped to a more conservative lambda, else None."""
+        return self.spend.observe(self.mode, differs)
 
     def parse_mode(self, mode) -> Mode:
         return self.mode if mode is None else mode if isinstance(mode, Mode) else Mode.parse(mode, self.depths)
@@ -230,6 +245,11 @@ class Runtime:
         n = len(next(iter(feed.values())))
         if ex.max_batch is not None and n > ex.max_batch:    # a GPU executor's largest bucket: run in pieces
             return self._run_pieces(feed, budget, the_mode, spent_ms, check)
+        lam = None
+        if the_mode.name != "fixed":
+            lam = self.spend.lam(the_mode, spent_ms) if budget is None else Budget.of(budget).lam
+            if lam is None:             # a guarantee that certifies no lambda: full depth
+                the_mode = self.full
         handle = ex.start(feed, check)
         if the_mode.name == "fixed":    # one chain call: no budget, no controller
             k = the_mode.exit_index
@@ -238,7 +258,6 @@ class Runtime:
             t1 = time.perf_counter()
             exits = self._exit_of[k] if n == 1 else np.full(n, k, np.int64)
             return BatchOutput(logits, exits, {"segments": t1 - t0, "controller": 0.0}, None, self.flops["fixed"])
-        lam = self.spend.lam(the_mode, spent_ms) if budget is None else Budget.of(budget).lam
         if n == 1:
             return self._run_one(the_mode, handle, feed, lam)
         flops = self.flops[the_mode.name]
@@ -381,7 +400,11 @@ class Runtime:
     def stats(self) -> dict:
         """Counters since open (edge_runtime.core.stats.Stats.summary): frames, depth histogram, FLOPs against
         full, ms per stage, network and pipeline FPS; after `edge-infer run`, exactly what it printed."""
-        return self.statistics.summary()
+        summary = self.statistics.summary()
+        certified = self.spend.guarantee(self.mode)
+        if certified is not None:
+            summary["guarantee"] = certified.report()
+        return summary
 
 
 __all__ = ["Runtime", "RuntimeOptions", "Result", "BatchOutput", "MODES"]

@@ -4,7 +4,8 @@ fit: projection + LightGBM predictor (level 1), the PPO policy (level 2) and its
 (terminal-only reward; no predictor in the state), all saved under <checkpoint>/controller/:
   predictor.txt/.npz/.json, predictor.onnx, policy.onnx, policy.npz, policy_terminal.npz,
   policy_nopredictor.npz, controller.json (configs, PPO logs, parity checks, timings).
-eval: every method swept on val, operating points chosen on val, reported on test (report.py).
+eval: every method swept on val, operating points chosen on val (report.py's margin rule, and Learn then
+Test's certified points per eps, ltt.py), reported on test.
 """
 import time
 from dataclasses import replace
@@ -18,6 +19,8 @@ from edge_model.controller.policy import (PolicyMethod, PPOConfig, export_policy
 from edge_model.controller.predictor import Predictor, fit_predictor, fit_projection, predictor_report
 from edge_model.controller.report import (MARGIN, TOLERANCE, Family, choose_on_val, controller_report,
                                           standard_families, sweep, write_report)
+from edge_model.controller.ltt import (DELTA, EPSILONS, calibration_block, check_method, check_risk,
+                                       guarantee_markdown, guarantee_report)
 from edge_model.controller.table import ExitTable
 from edge_model.exits import load_exits
 from edge_runtime.core.budget import lambda_sweep
@@ -133,9 +136,12 @@ def updates_to_reach(log: list, level: float, window: int = 10):
     return int(hit[0] + window) if len(hit) else None
 
 
-def eval_controller(ckpt_dir, report_dir=None, controller_dir=None, compare=None) -> dict:
+def eval_controller(ckpt_dir, report_dir=None, controller_dir=None, compare=None, epsilons=EPSILONS,
+                    delta: float = DELTA, risk: str = "disagreement", pvalue: str = "hb") -> dict:
     """Sweep, choose on val, report on test; ablations beside. `compare`: a second checkpoint (the
-    distillation-off training) whose exits are reported next to this one's."""
+    distillation-off training) whose exits are reported next to this one's. epsilons, delta, risk, pvalue:
+    the Learn-then-Test points (ltt.guarantee_report), certified on val, measured on test."""
+    risk, pvalue = check_risk(risk), check_method(pvalue)
     import json
     ctrl = Path(controller_dir or Path(ckpt_dir) / "controller")
     fitted = ctrl / "controller.json"
@@ -156,34 +162,52 @@ def eval_controller(ckpt_dir, report_dir=None, controller_dir=None, compare=None
         families.append(Family(name, lambda lam, a=arrays: PolicyMethod(a, lam), LAMBDAS, extra))
     report = controller_report(val, test, families, proba_val, proba_test, policy_family="policy",
                                tolerance=accuracy_budget(ckpt_dir))
+    report["guarantee"] = guarantee_report(val, test, families, proba_val, proba_test, report["families"],
+                                           epsilons, delta, risk, pvalue)
     report["predictor"] = summary["predictor"]
     report["ablations"] = ablations(report, summary, ckpt_dir, compare)
     out = Path(report_dir or Path(ckpt_dir) / "report")
     write_report(report, out, extra_plots=[("ppo_reward", plot_rewards(summary))])
     with open(out / "controller.md", "a") as f:
+        f.write(guarantee_markdown(report["guarantee"], report["main"]))
         f.write(ablation_markdown(report["ablations"], summary))
     return report
 
 
-def operating_points(ckpt_dir, controller_dir=None) -> dict:
-    """The budget lambda of `progressive` (the policy) and `oneshot`, chosen on the validation split by the
-    report's rule (report.choose_on_val): what an engine directory serves by default."""
+def serving_families(ckpt_dir, controller_dir=None) -> tuple:
+    """(val ExitTable, predictor distribution on it, {mode: Family}): the lambda families the runtime serves,
+    `progressive` (the policy over LAMBDAS) and `oneshot` (standard_families' sweep), exactly as it runs them."""
     ctrl = Path(controller_dir or Path(ckpt_dir) / "controller")
     val = load_tables(ckpt_dir, ("val",))["val"]
     predictor = Predictor.load(ctrl)
     proba = predictor.proba(predictor.features(val))
     arrays = PolicyArrays.load(ctrl / "policy.npz")
-    full, budget = float(val.correct[:, -1].mean()), accuracy_budget(ckpt_dir)
     oneshot = next(f for f in standard_families(val, proba) if f.name == "oneshot")
+    return val, proba, {"progressive": Family("policy", lambda lam: PolicyMethod(arrays, lam), LAMBDAS),
+                        "oneshot": oneshot}
+
+
+def operating_points(ckpt_dir, controller_dir=None) -> dict:
+    """The budget lambda of `progressive` (the policy) and `oneshot`, chosen on the validation split by the
+    report's rule (report.choose_on_val): what an engine directory serves by default."""
+    val, proba, modes = serving_families(ckpt_dir, controller_dir)
+    full, budget = float(val.correct[:, -1].mean()), accuracy_budget(ckpt_dir)
     out = {}
-    for mode, family in (("progressive", Family("policy", lambda lam: PolicyMethod(arrays, lam), LAMBDAS)),
-                         ("oneshot", oneshot)):
+    for mode, family in modes.items():
         point = choose_on_val(sweep(family, val, proba), full, budget)
         out[mode] = {"lambda": float(point["knob"]), "val_accuracy": point["accuracy"],
                      "val_flops_fraction": point["flops_fraction"]}
     limit = (budget - MARGIN) * 100
     return {"chosen": f"on the validation split: the cheapest lambda within {limit:.1f} points of full depth "
                       "(the report's rule)", "val_full_accuracy": full, **out}
+
+
+def calibration(ckpt_dir, controller_dir=None) -> dict:
+    """controller.calibration: each served mode's lambdas, conservative first, with their disagreement and
+    new-error counts on the validation split (ltt.calibration_block), from which the device certifies a
+    guarantee at any eps."""
+    val, proba, modes = serving_families(ckpt_dir, controller_dir)
+    return calibration_block(val, proba, modes)
 
 
 def ablations(report: dict, summary: dict, ckpt_dir, compare) -> dict:

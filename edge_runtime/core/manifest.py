@@ -19,7 +19,11 @@ path relative to the engine directory and carries its sha256:
               statistics, projection_dims and how the projection reads segment 0's output);
               costs {used, plain}: per exit, the compute spent stopping there (every head on the way) and
               the plain depth-d model's, as fractions of full depth; operating_points {progressive,
-              oneshot}: each {lambda, ...}, the budget chosen on the validation split
+              oneshot}: each {lambda, ...}, the budget chosen on the validation split; calibration
+              (optional: older directories lack it) {split, n, delta, epsilons, pvalue, risks, modes
+              {progressive, oneshot: {knob "lambda", order "conservative first", values (increasing),
+              disagreement, new_error (counts among the n inputs, one per value), flops_fraction}}}:
+              the Learn-then-Test counts a guarantee is certified from (edge_runtime.core.guarantee)
   reference   {file, sha256, ...}: a few test inputs and the PyTorch logits of every exit
   build       the exported segments' stamp: backend, precision, opset, versions {onnx, onnxruntime,
               torch, python}, device {machine, processor, system}
@@ -44,9 +48,14 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from edge_runtime.core.budget import check_lambda
 from edge_runtime.core.errors import EdgeError, Exit
 from edge_runtime.core.files import write_atomic
+from edge_runtime.core.guarantee import METHODS
 
 SCHEMA = "edge-engines"
-SCHEMA_VERSION = 4   # 2: controller.costs, operating_points; 3: builds, bench keyed by backend; 4: chains, baseline
+# 2: controller.costs, operating_points; 3: builds, bench keyed by backend; 4: chains, baseline (and, optional
+# so 4 still reads older directories, controller.calibration)
+SCHEMA_VERSION = 4
+CALIBRATION_MODES = ("progressive", "oneshot")
+CALIBRATION_COUNTS = ("disagreement", "new_error")
 MANIFEST = "manifest.json"
 CONTROLLER_FILES = ("predictor", "predictor_trees", "policy", "policy_arrays", "projection")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -176,6 +185,8 @@ def validate(m) -> dict:
         lam = need(need(points, mode, dict, "controller.operating_points."), "lambda", (int, float),
                    f"controller.operating_points.{mode}.")
         check_lambda(lam, f"{MANIFEST} controller.operating_points.{mode}.lambda", Exit.CORRUPT)
+    if controller.get("calibration") is not None:
+        calibration(need(controller, "calibration", dict, "controller."), "controller.calibration.")
     file_ref(need(m, "reference", dict, ""), "reference.")
 
     build = need(m, "build", dict, "")
@@ -186,6 +197,55 @@ def validate(m) -> dict:
     need(build, "device", dict, "build.")
     need(m, "provenance", dict, "")
     return m
+
+
+def _level(obj: dict, key: str, where: str) -> float:
+    value = need(obj, key, (int, float), where)
+    if not 0 < value < 1:
+        raise bad(f"{where}{key} {value!r} must be between 0 and 1 (exclusive)")
+    return value
+
+
+def calibration(c: dict, where: str) -> None:
+    """controller.calibration: per mode, increasing lambdas with a count per lambda of each risk, each
+    count between 0 and n (what Learn then Test certifies a guarantee from on the device)."""
+    need(c, "split", str, where)
+    n = need(c, "n", int, where)
+    if n < 1:
+        raise bad(f"{where}n {n} must be a positive number of inputs")
+    _level(c, "delta", where)
+    for i, eps in enumerate(need(c, "epsilons", list, where)):
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise bad(f"{where}epsilons[{i}] {eps!r} must be between 0 and 1 (exclusive)")
+    if need(c, "pvalue", str, where) not in METHODS:
+        raise bad(f"{where}pvalue {c['pvalue']!r}, expected one of {', '.join(METHODS)}")
+    risks = need(c, "risks", dict, where)
+    for key in CALIBRATION_COUNTS:
+        need(risks, key, str, f"{where}risks.")
+    modes = need(c, "modes", dict, where)
+    for mode in CALIBRATION_MODES:
+        need(modes, mode, dict, f"{where}modes.")
+    for mode, e in modes.items():
+        at = f"{where}modes.{mode}."
+        if need(e, "knob", str, at) != "lambda" or e.get("order") != "conservative first":
+            raise bad(f"{at}knob {e['knob']!r}, order {e.get('order')!r}: expected 'lambda', 'conservative first'")
+        values = need(e, "values", list, at)
+        if not values:
+            raise bad(f"{at}values is empty")
+        for v in values:
+            check_lambda(v, f"{MANIFEST} {at}values", Exit.CORRUPT)
+        if any(b <= a for a, b in zip(values, values[1:])):
+            raise bad(f"{at}values must be increasing (lambda ascending: the most conservative first)")
+        for key in CALIBRATION_COUNTS:
+            counts = need(e, key, list, at)
+            if len(counts) != len(values) or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= n
+                                                     for k in counts):
+                raise bad(f"{at}{key} must hold {len(values)} counts, one per value, each between 0 and n = {n}")
+        fractions = need(e, "flops_fraction", list, at)
+        # progressive runs every exit head on the way, so a deep stop costs a little over full depth (> 1)
+        if len(fractions) != len(values) or not all(isinstance(f, (int, float)) and not isinstance(f, bool)
+                                                    and 0 < f < float("inf") for f in fractions):
+            raise bad(f"{at}flops_fraction must hold {len(values)} positive fractions of full depth, one per value")
 
 
 def chain_list(chains, num_segments: int, where: str) -> None:

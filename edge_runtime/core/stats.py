@@ -182,4 +182,13 @@ def summary_text(s: dict) -> str:
                      f"{s['shadow']['differ']} ({s['shadow']['differ_rate'] * 100:.2f} %)")
     if s["energy_mj_per_frame"] is not None:
         lines.append(f"energy      {s['energy_mj_per_frame']:.2f} mJ per frame")
+    g = s.get("guarantee")
+    if g:
+        now = "full depth" if g["lambda_now"] is None else f"lambda {g['lambda_now']:.4g}"
+        cert = "none" if g["certified_lambda"] is None else f"{g['certified_lambda']:.4g}"
+        lines.append(f"guarantee   {g['mode']}: disagreement with full depth <= {g['max_disagreement'] * 100:g} % "
+                     f"with probability >= {g['confidence'] * 100:g} % on i.i.d. inputs (certified lambda {cert}: "
+                     f"{g['calibration']}); live guard: {len(g['steps'])} step(s), now {now}: {g['guard']['events']} of "
+                     f"{g['guard']['n']} shadow frames at it differ"
+                     + (f"; {g['over_deadline']} call(s) over the deadline for it" if g["over_deadline"] else ""))
     return "\n".join(lines)

@@ -54,7 +54,9 @@ def cmd_info(args) -> int:
 def open_runtime(args, deadline: bool = False):
     from edge_runtime.runtime import Runtime, RuntimeOptions
     return Runtime.open(args.engine_dir, mode=args.mode, budget=args.budget, options=RuntimeOptions.from_args(args),
-                        deadline_ms=(args.deadline_ms or None) if deadline else None)
+                        deadline_ms=(args.deadline_ms or None) if deadline else None,
+                        max_disagreement=getattr(args, "max_disagreement", None),
+                        confidence=getattr(args, "confidence", None))
 
 
 def cmd_run(args) -> int:
@@ -177,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--deadline-ms", type=float, default=0.0, metavar="MS",
                    help="pick lambda per frame to fit this latency (needs edge-infer bench first; "
                         "not with --budget)")
+    r.add_argument("--max-disagreement", default=None, metavar="EPS",
+                   help="serve the lambda certified (Learn then Test on the engine's calibration counts) to disagree "
+                        "with full depth on at most EPS of new inputs, e.g. 0.5%%; with --shadow, a live guard steps "
+                        "back when the stream drifts")
+    r.add_argument("--confidence", default=None, metavar="P",
+                   help="the guarantee's probability over the calibration split (default 90%%)")
     r.add_argument("--shadow", type=float, default=0.0, metavar="P",
                    help="run a fraction P of frames at full depth too, and report how often the answers differ")
     g = r.add_argument_group("input")

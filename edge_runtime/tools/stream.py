@@ -12,6 +12,7 @@ is full-depth network time over adaptive network time, measured on this machine:
 
 Every frame the source met is counted: captured = processed + dropped, with a reason per drop.
 """
+import logging
 import time
 from dataclasses import dataclass
 
@@ -74,6 +75,14 @@ def run_stream(runtime, source, sinks: list, options: StreamOptions, telemetry=N
         if options.shadow and rng.random() < options.shadow:
             full = runtime.infer(frame.data, mode=runtime.full, record=False)
             stats.add_shadow(full.timings["segments"] + full.timings["controller"], full.index != result.index)
+            step = runtime.observe_shadow(full.index != result.index)
+            if step is not None:            # the live guard: the stream has drifted from the calibration data
+                to = "full depth" if step["to"] is None else f"lambda {step['to']:.4g}"
+                logging.getLogger("edge-infer").warning(
+                    f"guarantee: frame {frame.id}: {step['events']} of {step['n']} shadow frames differ, the live "
+                    f"disagreement is above {runtime.spend.budget.max_disagreement * 100:g} % (lower bound "
+                    f"{step['lower'] * 100:.2f} %): "
+                    f"lambda {step['from']:.4g} -> {to}")
             shadow_ms = (time.perf_counter() - t2) * 1e3
         ms = {"capture": capture_ms, **result.timings}
         record = record_for(frame, result, ms, telemetry.latest if telemetry else None)
