@@ -1,4 +1,4 @@
-"""The torch backend's ONNX interpreter (edge_runtime.backends.onnx_torch) computes what ONNX Runtime computes,
+"""The torch backend's ONNX interpreter (edge_torch.onnx_torch) computes what ONNX Runtime computes,
 on the shipped graphs and on one small graph per op and attribute, never reads device data on the host,
 and refuses what it cannot run in one line."""
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch.overrides import TorchFunctionMode
 
-from edge_runtime.backends.onnx_torch import OPS, TorchGraph
+from edge_torch.onnx_torch import OPS, TorchGraph
 from edge_runtime.core.errors import EdgeError, Exit
 
 ort = pytest.importorskip("onnxruntime")

@@ -31,7 +31,7 @@ BACKENDS = {
                                ("fp32", "int8"), portable=True),
     "tensorrt": BackendInfo("edge_runtime.backends.tensorrt", "TensorrtExecutor", "tensorrt", "jetson",
                             ("fp32", "fp16", "int8"), portable=False, from_export=()),
-    "torch-cuda": BackendInfo("edge_runtime.backends.torch_cuda", "TorchCudaExecutor", "torch", "train",
+    "torch-cuda": BackendInfo("edge_torch.torch_cuda", "TorchCudaExecutor", "torch", "train",
                               ("fp32", "fp16"), portable=True, from_export=("fp32", "fp16")),
 }
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt", "torch": "torch-cuda"}

@@ -13,6 +13,8 @@ torch graphs' shared pool) serves every graph, and the boundaries between them l
 A subclass writes the device side: _load_graph, _alloc, _address, _upload, _fetch, _copy_rows, _runner,
 _capture, and the stream.
 """
+from abc import abstractmethod
+
 import numpy as np
 
 from edge_runtime.backends.base import Executor
@@ -39,38 +41,39 @@ class GpuExecutor(Executor):
         self.loaded, self.buffers, self._fns = {}, {}, {}
         self.host = [host_outputs(g.outputs, k) for k, g in enumerate(self.graphs)]
 
-    # --- what a GPU backend writes
+    # --- what a GPU backend writes (abstract: Executor is an ABC, so a backend missing one cannot be made)
+    @abstractmethod
     def _load_graph(self, spec):
         """The engine of one graph (a TensorRT engine, a TorchGraph)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _alloc(self, tensor, bucket: int):
         """A zeroed device buffer for `tensor` (gpu_plan.Tensor) at `bucket` rows."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _address(self, buf) -> int:
-        raise NotImplementedError
+        """The buffer's device address (what a captured graph depends on)."""
 
+    @abstractmethod
     def _upload(self, buf, array: np.ndarray, tensor) -> None:
         """Rows 0..len(array)-1 of `buf` from host `array`, on the stream (not waited for)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _fetch(self, items: list) -> list:
         """[(buf, tensor, n)] -> float32 host arrays of each buffer's first n rows: every copy queued, one wait."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _copy_rows(self, src, dst, tensor, moves: list, same: bool) -> None:
         """Copy (source row, destination row, count) runs from `src` to `dst` on the device (same: one buffer)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _runner(self, name: str, bucket: int, reads: dict, writes: dict):
         """A function that runs graph `name` once on the bucket's buffers (reads/writes: graph I/O name ->
         buffer), plainly; it is what gets captured."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _capture(self, fn):
         """A replay callable of `fn`'s work captured as one CUDA graph on the stream; raises on failure."""
-        raise NotImplementedError
 
     def _prepare(self) -> None:
         """What a backend sets up at open before any graph loads (TensorRT: stream, engines, memory)."""

@@ -1,7 +1,7 @@
 """torch-CUDA executor: the reference GPU path, for GPUs without TensorRT and for this project's own checks.
 
 It runs the engine directory's exported ONNX graphs (segments, chain graphs), interpreted in PyTorch by
-edge_runtime.backends.onnx_torch, not a model rebuilt from the training code: the engine directory holds no
+edge_torch.onnx_torch, not a model rebuilt from the training code: the engine directory holds no
 checkpoint, and interpreting the shipped files means this path computes exactly the graphs every other
 backend runs (the same folding, the same exit heads), with nothing to keep in step with edge_model.
 
@@ -63,7 +63,7 @@ class TorchCudaExecutor(GpuExecutor):
 
     # --- the device side of backends/gpu.py
     def _load_graph(self, spec):
-        from edge_runtime.backends.onnx_torch import TorchGraph
+        from edge_torch.onnx_torch import TorchGraph
         return TorchGraph(spec.path, device=str(self.device), half=self.half)
 
     def _alloc(self, tensor, bucket: int):
